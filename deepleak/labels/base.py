@@ -1,0 +1,83 @@
+"""The common shape of label-restoration methods and the rounding of counts to labels.
+
+A label method is an attacker: ``restore(observation)`` sees only what the server sees and
+returns K integer labels (int64 tensor, sorted by class; their order carries no
+information). Methods that cannot work on an observation raise a DeepleakError saying why.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from deepleak.errors import DeepleakError
+from deepleak.models import classifier_parameter_names
+from deepleak.scenarios.base import Observation
+
+
+class LabelMethod(Protocol):
+    name: str
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        """K restored labels, int64, sorted."""
+
+
+def last_layer_gradient(observation: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The shared gradient of the classifier's weight (N, M) and bias (N,) (None if absent)."""
+    weight_name, bias_name = classifier_parameter_names(observation.model)
+    named = observation.named_gradient()
+    return named[weight_name], (named[bias_name] if bias_name else None)
+
+
+def counts_to_labels(counts: np.ndarray | torch.Tensor, total: int, rule: str = "largest_remainder") -> torch.Tensor:
+    """Turn real-valued per-class counts into exactly ``total`` sorted integer labels.
+
+    Negative counts are clipped to 0. Rules:
+    - ``largest_remainder``: floor every count, then give the missing units to the classes
+      with the largest fractional parts (or take surplus units from the smallest ones).
+    - ``round``: the authors' rule: round every count, then add (or remove) one unit at a
+      time in the order of the rounding error.
+    """
+    counts = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    if not np.all(np.isfinite(counts)):
+        raise DeepleakError("label counts are not finite: the shared update holds NaN or inf")
+    if rule == "largest_remainder":
+        integer = np.floor(counts)
+    elif rule == "round":
+        integer = np.round(counts)
+    else:
+        raise DeepleakError(f"unknown rounding rule {rule!r}; choose largest_remainder or round")
+    error = counts - integer  # > 0: the class deserves more; < 0: less
+    missing = total - int(integer.sum())
+    if missing > 0:
+        # Classes that were rounded down the most get the missing units first; one class
+        # can take several units when the deficit is large.
+        order = np.argsort(-error, kind="stable")
+        for step in range(missing):
+            integer[order[step % len(order)]] += 1
+    elif missing < 0:
+        order = [c for c in np.argsort(error, kind="stable")]
+        removed = 0
+        while removed < -missing:
+            for c in order:
+                if removed == -missing:
+                    break
+                if integer[c] > 0:
+                    integer[c] -= 1
+                    removed += 1
+    labels = np.repeat(np.arange(len(integer)), integer.astype(np.int64))
+    assert len(labels) == total, (len(labels), total)
+    return torch.as_tensor(labels, dtype=torch.int64)
+
+
+def require_batch_size(method: str, observation: Observation, size: int) -> None:
+    if observation.recipe.num_samples != size:
+        raise DeepleakError(
+            f"the {method} label method works on a batch of {size} only, got batch_size="
+            f"{observation.recipe.num_samples}; use labels=zeroshot"
+        )
+
+
+__all__ = ["LabelMethod", "counts_to_labels", "last_layer_gradient", "require_batch_size"]

@@ -1,0 +1,93 @@
+"""Victim models: construction from config with a seeded init, checkpoints, the classifier.
+
+Every victim ends in one ``nn.Linear`` (the classifier) whose input are the penultimate
+features; label methods find it with :func:`classifier`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from deepleak.errors import DeepleakError
+from deepleak.models.lenet import LeNet
+from deepleak.models.resnet import ResNet18
+
+__all__ = ["LeNet", "ResNet18", "build_model", "classifier", "features_and_logits"]
+
+
+def build_model(
+    model_cfg: DictConfig | dict[str, Any],
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    seed: int,
+) -> nn.Module:
+    """Instantiate the model config; the init is drawn from ``seed`` alone.
+
+    ``checkpoint`` (a path, or null) is not a constructor argument: when set, its
+    state dict replaces the initial weights, loaded with ``weights_only=True``.
+    """
+    cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    checkpoint = cfg.pop("checkpoint", None)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = instantiate(cfg, num_classes=num_classes, image_shape=tuple(image_shape))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict (or a dict holding one under ``state_dict``/``model``) safely."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DeepleakError(f"model checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors have many types; all mean "not loadable"
+        raise DeepleakError(f"cannot load model checkpoint {path}: {error}") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise DeepleakError(f"checkpoint {path} does not fit the configured model: {first}") from None
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` of the model: the layer whose gradient label methods read."""
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise DeepleakError(f"{type(model).__name__} has no linear classifier layer")
+    return linears[-1]
+
+
+def classifier_parameter_names(model: nn.Module) -> tuple[str, str | None]:
+    """Names of the classifier's weight and bias (None without bias) in named_parameters()."""
+    layer = classifier(model)
+    names = {id(p): name for name, p in model.named_parameters()}
+    bias = names[id(layer.bias)] if layer.bias is not None else None
+    return names[id(layer.weight)], bias
+
+
+def features_and_logits(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Run ``model`` on ``x`` and return (penultimate features (K, M), logits (K, N))."""
+    captured: list[Tensor] = []
+    handle = classifier(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return captured[-1], logits

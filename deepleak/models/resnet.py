@@ -1,0 +1,62 @@
+"""ResNet-18 in the CIFAR layout (3x3 stem, no max-pool) with a choice of activation."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from deepleak.models.layers import activation
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int, activation_fn: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = activation(activation_fn)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = activation(activation_fn)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for small images: 3x3 stem, four stages of two basic blocks, global
+    average pool, one linear layer. ``activation_fn='sigmoid'`` is the paper's variant;
+    ``width`` scales the channel counts (64 is the standard network)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        width: int = 64,
+        activation_fn: str = "relu",
+    ) -> None:
+        super().__init__()
+        channels = image_shape[0]
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            activation(activation_fn),
+        )
+        stages = []
+        in_planes = width
+        for index, planes in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            stride = 1 if index == 0 else 2
+            stages.append(BasicBlock(in_planes, planes, stride, activation_fn))
+            stages.append(BasicBlock(planes, planes, 1, activation_fn))
+            in_planes = planes
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.stages(self.stem(x))))

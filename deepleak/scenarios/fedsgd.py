@@ -1,0 +1,43 @@
+"""FedSGD: the client shares the gradient of its mean loss over one private batch."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepleak.scenarios.base import Observation, PrivateBatch, Recipe, set_bn_mode
+
+
+class FedSGD:
+    """One client step: gradient of mean cross-entropy over the K private samples at W_0.
+
+    ``bn_mode`` is how the client runs batch norm (train: batch statistics).
+    """
+
+    name = "fedsgd"
+
+    def __init__(self, bn_mode: str = "train") -> None:
+        self.bn_mode = bn_mode
+
+    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int) -> Observation:
+        """Play the client on ``batch`` and return what the server receives."""
+        client = set_bn_mode(copy.deepcopy(model), self.bn_mode)
+        loss = F.cross_entropy(client(batch.images), batch.labels)
+        gradient = torch.autograd.grad(loss, list(client.parameters()))
+        recipe = Recipe(
+            num_samples=len(batch),
+            batch_size=len(batch),
+            num_classes=num_classes,
+            image_shape=tuple(batch.images.shape[1:]),
+            bn_mode=self.bn_mode,
+        )
+        # The server keeps its own copy of the global model it sent, untouched by the client.
+        return Observation(
+            scenario=self.name,
+            model=copy.deepcopy(model),
+            recipe=recipe,
+            gradient=tuple(g.detach() for g in gradient),
+        )
