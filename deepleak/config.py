@@ -1,0 +1,177 @@
+"""The structured-config schema, the run-dir resolver, and one-line config errors.
+
+The schema types the top-level values (``batch_size=abc`` fails at start); Hydra's struct
+mode rejects unknown keys anywhere (``atack.iterations=5`` fails at start). Every group
+option is built with ``_target_``; its constructor checks its own values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+@dataclass
+class DeepleakConfig:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    scenario: Any = MISSING
+    labels: Any = MISSING
+    attack: Any = MISSING
+    distribution: Any = MISSING
+    batch_size: int = 4
+    seed: int = 0
+    trials: int = 1
+    device: str = "auto"
+    save_images: bool = True
+
+
+def register() -> None:
+    """Register the schema and the resolvers; idempotent."""
+    ConfigStore.instance().store(name="deepleak_schema", node=DeepleakConfig)
+    if not OmegaConf.has_resolver("deepleak_unique_dir"):
+        # use_cache: one config resolves to one dir, however often it is read.
+        OmegaConf.register_new_resolver("deepleak_unique_dir", unique_dir, use_cache=True)
+
+
+def config_dir() -> Path:
+    """The top-level conf/ folder (packaged as deepleak_conf when installed)."""
+    import deepleak_conf  # noqa: PLC0415  (a package only to ship the YAML files)
+
+    return Path(deepleak_conf.__file__).parent
+
+
+def unique_dir(base: str) -> str:
+    """Reserve and return ``base/<date>/<time to microseconds>`` that no one else has.
+
+    The dir is created here with an exclusive mkdir, so two processes started in the same
+    microsecond (or on two hosts sharing a file system) still get different dirs: the loser
+    adds ``-1``, ``-2``, ...
+    """
+    now = datetime.now()
+    parent = Path(base) / now.strftime("%Y-%m-%d")
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = now.strftime("%H-%M-%S-%f")
+    for attempt in range(1000):
+        candidate = parent / (stem if attempt == 0 else f"{stem}-{attempt}")
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise RuntimeError(f"could not reserve a run dir under {parent}")
+
+
+def explain(error: BaseException) -> str:
+    """One sentence for a config error raised by Hydra or OmegaConf."""
+    text = str(error)
+    cause = error.__cause__ or error.__context__
+    while cause is not None and not str(text).strip():
+        text, cause = str(cause), cause.__cause__
+    full = text + "\n" + (str(cause) if cause else "")
+    match = re.search(r"Could not find '([^']+)/([^']+)'", full)
+    if match:
+        group, option = match.groups()
+        options = re.findall(r"^\t(\S+)$", full, flags=re.M)
+        choices = f"; choose one of {', '.join(options)}" if options else ""
+        return f"unknown option {group}={option}{choices}"
+    match = re.search(r"Key '([^']+)' is not in struct", full)
+    if match:
+        key = re.search(r"full_key: (\S+)", full)
+        name = key.group(1) if key else match.group(1)
+        return f"unknown config key '{name}' (check its spelling; `deepleak attack --cfg job` lists all keys)"
+    match = re.search(r"Value '([^']*)' (?:of type '[^']+' )?could not be converted to (\w+)", full)
+    if match:
+        key = re.search(r"full_key: (\S+)", full)
+        name = key.group(1) if key else "a value"
+        return f"{name} must be of type {match.group(2).lower()}, got '{match.group(1)}'"
+    match = re.search(r"Could not append to config\. An item is already at '([^']+)'", full)
+    if match:
+        return f"{match.group(1)} is set twice; give it once (use {match.group(1)}=... to change it)"
+    first = next((line.strip() for line in full.splitlines() if line.strip()), type(error).__name__)
+    return first
+
+
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"}
+SKIP_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+
+
+def split_flags(args: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun, skip): the override strings, whether -m was given, and whether a
+    flag asks Hydra for help/info instead of a run (then nothing is checked)."""
+    overrides, multirun, skip = [], False, False
+    items = iter(args)
+    for item in items:
+        if item in ("-m", "--multirun"):
+            multirun = True
+        elif item in SKIP_FLAGS:
+            skip = True
+        elif item in FLAGS_WITH_VALUE:
+            next(items, None)
+        elif item.startswith("-"):
+            continue
+        else:
+            overrides.append(item)
+    return overrides, multirun, skip
+
+
+def job_override_sets(overrides: list[str]) -> list[list[str]]:
+    """The override lists to check for a (possible) sweep: every value of every swept key
+    once, the other keys at their first value. Linear in the number of values, not a product."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices: list[list[str]] = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:  # interval sweeps have no finite list; leave them to Hydra
+                values = []
+            choices.append([f"{key}={value}" for value in values] or [override.input_line])
+        else:
+            choices.append([override.input_line])
+    first = [options[0] for options in choices]
+    sets = [first]
+    for position, options in enumerate(choices):
+        for option in options[1:]:
+            sets.append(first[:position] + [option] + first[position + 1:])
+    return sets
+
+
+def precheck(args: list[str]) -> None:
+    """Compose the config for every job the command line asks for and validate it, so a
+    typo, an unknown option or a wrong type stops the command before any work."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+
+    from deepleak.errors import DeepleakError  # noqa: PLC0415
+    from deepleak.tasks.attack import validate  # noqa: PLC0415
+
+    overrides, _, skip = split_flags(args)
+    if skip:
+        return
+    register()
+    try:
+        sets = job_override_sets(overrides)
+    except Exception as error:
+        raise DeepleakError(f"cannot parse the overrides: {explain(error)}") from None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            for job in sets:
+                try:
+                    cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
+                except Exception as error:
+                    raise DeepleakError(explain(error)) from None
+                validate(cfg)
+    finally:
+        GlobalHydra.instance().clear()

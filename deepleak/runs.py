@@ -1,0 +1,83 @@
+"""The run dir: status markers, metrics and images, written so that nothing is lost.
+
+Hydra creates the dir (see ``deepleak_unique_dir`` in deepleak.config) and writes the
+composed config under ``.hydra/`` and the log; this module adds the rest. Files are written
+to a temporary name and renamed, so a killed run never leaves half a ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+STATUS_FILE = "status"
+ERROR_FILE = "error.txt"
+METRICS_FILE = "metrics.json"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def set_status(run_dir: Path, status: str, reason: str | None = None) -> None:
+    """Mark the job running, done, failed or interrupted; ``reason`` is one line."""
+    _atomic_write(Path(run_dir) / STATUS_FILE, status + "\n")
+    if reason is not None:
+        _atomic_write(Path(run_dir) / ERROR_FILE, reason.strip().replace("\n", " ") + "\n")
+
+
+def read_status(run_dir: Path) -> str | None:
+    path = Path(run_dir) / STATUS_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: tensors and arrays to lists, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _plain(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
+    path = Path(run_dir) / METRICS_FILE
+    _atomic_write(path, json.dumps(_plain(metrics), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def save_images(folder: Path, originals: torch.Tensor, reconstructions: torch.Tensor) -> list[str]:
+    """Write ``grid.png`` (originals above reconstructions, paired column by column) and one
+    PNG per reconstruction (``rec_00.png`` ...) at native resolution. Pixels in [0, 1]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    k = originals.shape[0]
+    side = originals.shape[-1]
+    scale = max(1, 128 // side)  # 32 px images are hard to see; enlarge the grid only
+    both = torch.cat([originals, reconstructions.nan_to_num(0.0).clamp(0, 1)]).cpu()
+    if scale > 1:
+        both = torch.nn.functional.interpolate(both, scale_factor=scale, mode="nearest")
+    torchvision.utils.save_image(both, folder / "grid.png", nrow=k, padding=2, pad_value=1.0)
+    names = []
+    for i, image in enumerate(reconstructions.cpu()):
+        name = f"rec_{i:02d}.png"
+        torchvision.utils.save_image(image.nan_to_num(0.0).clamp(0, 1), folder / name)
+        names.append(name)
+    return names

@@ -1,0 +1,178 @@
+"""``deepleak attack``: one run = ``trials`` private batches, each attacked end to end.
+
+The data path reads top to bottom in :func:`run_trial`:
+data -> private batch -> scenario (the client) -> Observation -> labels -> attack ->
+metrics. Only the metrics block sees the private batch after the scenario has run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from deepleak import metrics
+from deepleak.attacks.none import NoAttack
+from deepleak.errors import DeepleakError
+from deepleak.models import build_model
+from deepleak.runs import save_images, write_metrics
+from deepleak.scenarios.base import PrivateBatch
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = (
+    "label_accuracy", "count_accuracy", "count_accuracy_present", "existence_accuracy",
+    "exact_batch", "psnr_mean", "ssim_mean", "lpips_mean", "mse_mean", "gradient_distance",
+    "attack_seconds",
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need no data; run before any work."""
+    if cfg.batch_size < 1:
+        raise DeepleakError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.trials < 1:
+        raise DeepleakError(f"trials must be >= 1, got {cfg.trials}")
+    resolve_device(cfg.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeepleakError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeepleakError(f"device={name} asked for CUDA, but no CUDA device is available; use device=auto")
+    return device
+
+
+def trial_seeds(seed: int, trial: int) -> dict[str, int]:
+    """Independent seeds for the batch, the model init and the attack of one trial."""
+    batch, model, attack = np.random.SeedSequence([seed, trial]).generate_state(3)
+    return {"batch": int(batch), "model": int(model), "attack": int(attack)}
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate every configured object once (errors surface before any attack work)."""
+    objects = {name: instantiate(cfg[name]) for name in ("dataset", "distribution", "scenario", "labels", "attack")}
+    if getattr(objects["labels"], "uses_truth", False):
+        log.warning("labels=oracle: the attack is given the TRUE labels (an upper bound, not an attack)")
+    return objects
+
+
+def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torch.device,
+              lpips_metric: metrics.LPIPSMetric | None, run_dir: Path) -> dict[str, Any]:
+    dataset, distribution = objects["dataset"], objects["distribution"]
+    scenario, label_method, attack = objects["scenario"], objects["labels"], objects["attack"]
+    seeds = trial_seeds(cfg.seed, trial)
+    rng = np.random.default_rng(seeds["batch"])
+
+    # --- the client: private data and what it shares --------------------------------
+    indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size, rng)
+    images, labels = dataset.batch(indices)
+    private = PrivateBatch(images.to(device), labels.to(device), torch.as_tensor(indices))
+    model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), seeds["model"]).to(device)
+    observation = scenario.observe(model, private, dataset.num_classes)
+
+    # --- the attacker: sees the observation only ------------------------------------
+    if getattr(label_method, "uses_truth", False):
+        label_method.reveal(private.labels)  # oracle only: stated in the log and metrics
+    started = time.perf_counter()
+    restored = label_method.restore(observation)
+    label_seconds = time.perf_counter() - started
+    reconstruction = attack.reconstruct(observation, restored.to(device), seed=seeds["attack"])
+
+    # --- metrics: the only place the truth is used again -----------------------------
+    true_labels = private.labels.cpu()
+    record: dict[str, Any] = {
+        "trial": trial,
+        "seeds": seeds,
+        "indices": indices,
+        "true_labels": sorted(true_labels.tolist()),
+        "restored_labels": restored.tolist(),
+        "label_seconds": label_seconds,
+        **metrics.label_metrics(restored, true_labels, dataset.num_classes),
+    }
+    if reconstruction is not None:
+        scores = metrics.image_metrics(reconstruction.images, private.images.cpu(), reconstruction.labels,
+                                       true_labels, lpips_metric)
+        record.update(scores)
+        record.update(
+            gradient_distance=reconstruction.gradient_distance,
+            restart_distances=reconstruction.restart_distances,
+            best_restart=reconstruction.best_restart,
+            iterations=reconstruction.iterations,
+            evaluations=reconstruction.evaluations,
+            attack_seconds=reconstruction.seconds,
+            nonfinite_restarts=reconstruction.nonfinite_restarts,
+            stopped_by_budget=reconstruction.stopped_by_budget,
+        )
+        if cfg.save_images:
+            paired = reconstruction.images[scores["permutation"]]
+            record["images"] = [
+                f"images/trial_{trial:03d}/{name}"
+                for name in save_images(run_dir / "images" / f"trial_{trial:03d}", private.images.cpu(), paired)
+            ]
+        log.info(
+            "trial %d: label accuracy %.3f, PSNR %.2f dB, SSIM %.3f, gradient distance %.3g (%.1f s)",
+            trial, record["label_accuracy"], record["psnr_mean"] or float("nan"),
+            record["ssim_mean"] or float("nan"), reconstruction.gradient_distance, reconstruction.seconds,
+        )
+    else:
+        log.info("trial %d: label accuracy %.3f (labels only)", trial, record["label_accuracy"])
+    return record
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over trials of every scalar metric that is present."""
+    summary: dict[str, Any] = {}
+    for key in SUMMARY_KEYS:
+        values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and r.get(key) is not None]
+        if values:
+            summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+    return summary
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run the attack task into ``run_dir``; returns the metrics written to metrics.json."""
+    started = time.perf_counter()
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    objects = build(cfg)
+    attacking = not isinstance(objects["attack"], NoAttack)
+    lpips_metric = metrics.load_lpips(device) if attacking else None
+    result: dict[str, Any] = {
+        "scenario": objects["scenario"].name,
+        "labels": objects["labels"].name,
+        "oracle_labels": bool(getattr(objects["labels"], "uses_truth", False)),
+        "attack": OmegaConf.select(cfg, "attack._target_"),
+        "dataset": type(objects["dataset"]).__name__,
+        "num_classes": objects["dataset"].num_classes,
+        "image_shape": list(objects["dataset"].image_shape),
+        "batch_size": cfg.batch_size,
+        "trials": cfg.trials,
+        "seed": cfg.seed,
+        "device": str(device),
+        "torch": torch.__version__,
+        "lpips_absent_reason": lpips_metric.absent_reason if lpips_metric else "no image reconstruction",
+        "metadata_leaked": {},
+    }
+    records = []
+    for trial in range(cfg.trials):
+        records.append(run_trial(cfg, objects, trial, device, lpips_metric, run_dir))
+        result.update(summary=summarise(records), per_trial=records, trials_done=len(records),
+                      wall_seconds=time.perf_counter() - started)
+        write_metrics(run_dir, result)  # after every trial, so an interrupted run keeps its trials
+    summary = result["summary"]
+    line = ", ".join(f"{k} {v['mean']:.4g}" for k, v in summary.items() if k in ("label_accuracy", "psnr_mean", "ssim_mean", "lpips_mean"))
+    log.info("done in %.1f s: %s; results in %s", result["wall_seconds"], line, run_dir)
+    return result

@@ -1,0 +1,49 @@
+"""Run dirs never collide; status and metrics are written whole."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import datetime
+
+import numpy as np
+import torch
+
+from deepleak import config, runs
+
+
+class FrozenClock(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 1, 2, 3, 4, 5, 678901)
+
+
+def test_same_microsecond_gets_a_second_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "datetime", FrozenClock)
+    first = config.unique_dir(str(tmp_path))
+    second = config.unique_dir(str(tmp_path))
+    assert first.endswith("2026-01-02/03-04-05-678901")
+    assert second == first + "-1"
+    assert os.path.isdir(first) and os.path.isdir(second)
+
+
+def test_two_processes_started_together_write_two_dirs(tmp_path):
+    code = "from deepleak.config import unique_dir; print(unique_dir('out'))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    dirs = [p.communicate()[0].strip() for p in procs]
+    assert len(set(dirs)) == 4
+
+
+def test_metrics_are_json_safe(tmp_path):
+    path = runs.write_metrics(tmp_path, {"a": torch.tensor([1.5, 2.0]), "b": np.float32(3), "c": math.inf, "d": [np.int64(4)]})
+    assert json.loads(path.read_text()) == {"a": [1.5, 2.0], "b": 3.0, "c": None, "d": [4]}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left behind
+
+
+def test_status_and_reason(tmp_path):
+    runs.set_status(tmp_path, "running")
+    assert runs.read_status(tmp_path) == "running"
+    runs.set_status(tmp_path, "failed", "bad thing\nsecond line")
+    assert runs.read_status(tmp_path) == "failed"
+    assert (tmp_path / "error.txt").read_text() == "bad thing second line\n"
