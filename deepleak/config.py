@@ -7,6 +7,8 @@ option is built with ``_target_``; its constructor checks its own values.
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
 import os
 import re
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 
 @dataclass
@@ -82,7 +84,7 @@ def explain(error: BaseException) -> str:
         options = re.findall(r"^\t(\S+)$", full, flags=re.M)
         choices = f"; choose one of {', '.join(options)}" if options else ""
         return f"unknown option {group}={option}{choices}"
-    match = re.search(r"Key '([^']+)' is not in struct", full)
+    match = re.search(r"Key '([^']+)' (?:is not in struct|not in '[^']+')", full)
     if match:
         key = re.search(r"full_key: (\S+)", full)
         name = key.group(1) if key else match.group(1)
@@ -92,7 +94,7 @@ def explain(error: BaseException) -> str:
         key = re.search(r"full_key: (\S+)", full)
         name = key.group(1) if key else "a value"
         return f"{name} must be of type {match.group(2).lower()}, got '{match.group(1)}'"
-    match = re.search(r"Could not append to config\. An item is already at '([^']+)'", full)
+    match = re.search(r"(?:Could not append to config\. An item is already at|Multiple values for) '?([\w/.]+)'?", full)
     if match:
         return f"{match.group(1)} is set twice; give it once (use {match.group(1)}=... to change it)"
     first = next((line.strip() for line in full.splitlines() if line.strip()), type(error).__name__)
@@ -172,6 +174,112 @@ def precheck(args: list[str]) -> None:
                     cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
                 except Exception as error:
                     raise DeepleakError(explain(error)) from None
+                check_types(cfg)
                 validate(cfg)
     finally:
         GlobalHydra.instance().clear()
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether a config value fits a constructor annotation (unknown annotations pass)."""
+    import types  # noqa: PLC0415
+    import typing  # noqa: PLC0415
+
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, collections.abc.Sequence) or annotation in (tuple, list):
+        return isinstance(value, (list, tuple, ListConfig))
+    return True
+
+
+def check_types(cfg: Any, path: str = "") -> None:
+    """Check every ``_target_`` node against its constructor's signature: unknown settings and
+    values of the wrong type fail here, at start, with the key's full name.
+
+    The constructors' annotations are the schema of the config groups, so a group option
+    needs no second copy of its fields.
+    """
+    from hydra._internal.utils import _locate  # noqa: PLC0415
+
+    from deepleak.errors import DeepleakError  # noqa: PLC0415
+
+    if isinstance(cfg, ListConfig):
+        for index, item in enumerate(cfg):
+            check_types(item, f"{path}[{index}]")
+        return
+    if not isinstance(cfg, DictConfig):
+        return
+    target_name = cfg.get("_target_") if "_target_" in cfg else None
+    parameters: dict[str, inspect.Parameter] | None = None
+    hints: dict[str, Any] = {}
+    if isinstance(target_name, str):
+        try:
+            target = _locate(target_name)
+        except Exception:
+            raise DeepleakError(f"{path or 'config'}._target_ names {target_name}, which cannot be imported") from None
+        function = target.__init__ if inspect.isclass(target) else target
+        try:
+            signature = inspect.signature(function)
+            hints = typing_hints(function)
+        except (TypeError, ValueError):
+            signature = None
+        if signature is not None and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            parameters = dict(signature.parameters)
+    for key in cfg:
+        name = f"{path}.{key}" if path else str(key)
+        if key.startswith("_") and key.endswith("_"):
+            continue
+        if parameters is not None and key not in parameters and key != "checkpoint":
+            raise DeepleakError(f"unknown setting '{name}' for {target_name}")
+        if name == "hydra" or OmegaConf.is_interpolation(cfg, key) or OmegaConf.is_missing(cfg, key):
+            continue
+        value = cfg[key]
+        if isinstance(value, (DictConfig, ListConfig)):
+            check_types(value, name)
+            continue
+        if parameters is not None and key in parameters:
+            annotation = hints.get(key, parameters[key].annotation)
+            if not _accepts(annotation, value):
+                expected = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+                raise DeepleakError(f"{name} must be of type {expected}, got {value!r}")
+
+
+def typing_hints(function: Any) -> dict[str, Any]:
+    import typing  # noqa: PLC0415
+
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # unresolvable forward references: fall back to the raw annotations
+        return {}
+
+
+def make(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a DeepleakError from a constructor through
+    unwrapped, so the user reads its one sentence, not Hydra's wrapper."""
+    from hydra.errors import InstantiationException  # noqa: PLC0415
+    from hydra.utils import instantiate  # noqa: PLC0415
+
+    from deepleak.errors import DeepleakError  # noqa: PLC0415
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause: BaseException | None = error
+        while cause is not None:
+            if isinstance(cause, DeepleakError):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        raise

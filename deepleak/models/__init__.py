@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from deepleak.config import make
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -37,7 +37,7 @@ def build_model(
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = instantiate(cfg, num_classes=num_classes, image_shape=tuple(image_shape))
+        model = make(cfg, num_classes=num_classes, image_shape=tuple(image_shape))
     finally:
         torch.random.set_rng_state(generator_state)
     if checkpoint:

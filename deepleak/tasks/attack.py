@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from deepleak import metrics
 from deepleak.attacks.none import NoAttack
+from deepleak.config import make
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.runs import save_images, write_metrics
@@ -63,7 +63,7 @@ def trial_seeds(seed: int, trial: int) -> dict[str, int]:
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every configured object once (errors surface before any attack work)."""
-    objects = {name: instantiate(cfg[name]) for name in ("dataset", "distribution", "scenario", "labels", "attack")}
+    objects = {name: make(cfg[name]) for name in ("dataset", "distribution", "scenario", "labels", "attack")}
     if getattr(objects["labels"], "uses_truth", False):
         log.warning("labels=oracle: the attack is given the TRUE labels (an upper bound, not an attack)")
     return objects
