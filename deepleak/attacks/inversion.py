@@ -7,6 +7,7 @@ private batch. Labels stay fixed (hard labels) during the optimisation.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -108,7 +109,8 @@ class GradientInversion:
                 f"gradient inversion needs a shared gradient; the {observation.scenario} scenario "
                 "shares none (choose a FedAvg attack route)"
             )
-        model = set_bn_mode(observation.model, observation.recipe.bn_mode)
+        # A copy: train-mode batch norm updates running statistics on every forward pass.
+        model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         device = next(model.parameters()).device

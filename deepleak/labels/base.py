@@ -40,9 +40,10 @@ def counts_to_labels(counts: np.ndarray | torch.Tensor, total: int, rule: str = 
     - ``round``: the authors' rule: round every count, then add (or remove) one unit at a
       time in the order of the rounding error.
     """
-    counts = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    counts = np.asarray(counts, dtype=np.float64)
     if not np.all(np.isfinite(counts)):
         raise DeepleakError("label counts are not finite: the shared update holds NaN or inf")
+    counts = np.clip(counts, 0.0, None)
     if rule == "largest_remainder":
         integer = np.floor(counts)
     elif rule == "round":

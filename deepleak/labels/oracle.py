@@ -22,7 +22,7 @@ class Oracle:
 
     def reveal(self, true_labels: torch.Tensor) -> None:
         """Give the oracle the private labels (not an attacker capability)."""
-        self._truth = true_labels.detach().cpu().to(torch.int64)
+        self._truth = true_labels.detach().cpu().to(torch.int64).clone()
 
     def restore(self, observation: Observation) -> torch.Tensor:
         if self._truth is None:

@@ -8,6 +8,8 @@ O_k = sum_m O[k,m] >= 0. Replacing O_k and p[k,n] by their means over random dum
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from deepleak.errors import DeepleakError
@@ -34,7 +36,8 @@ class ZeroShot:
 
     def dummy_statistics(self, observation: Observation) -> tuple[float, torch.Tensor]:
         """(O_hat, p_hat): mean feature sum and mean softmax (N,) over dummy inputs."""
-        model = set_bn_mode(observation.model, observation.recipe.bn_mode)
+        # A copy: train-mode batch norm would update the running statistics of the server's model.
+        model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
         parameter = next(model.parameters())
         generator = torch.Generator().manual_seed(self.seed)
         shape = (self.num_dummies, *observation.recipe.image_shape)
