@@ -104,11 +104,9 @@ class GradientInversion:
 
     def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> Reconstruction:
         """Reconstruct the K images behind ``observation.gradient`` given K ``labels``."""
-        if observation.gradient is None:
-            raise DeepleakError(
-                f"gradient inversion needs a shared gradient; the {observation.scenario} scenario "
-                "shares none (choose a FedAvg attack route)"
-            )
+        # FedAvg: the weight difference, scaled, stands in for one gradient at W_0 (the
+        # paper's simple route); FedSGD observations are returned unchanged.
+        observation = observation.gradient_view()
         # A copy: train-mode batch norm updates running statistics on every forward pass.
         model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
         for parameter in model.parameters():

@@ -9,7 +9,8 @@ this line; only :mod:`deepleak.metrics` compares against it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -68,12 +69,32 @@ class Observation:
     weights: tuple[torch.Tensor, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def local_steps(self) -> int:
+        """T = E * ceil(N / B): the client's SGD steps (1 for FedSGD)."""
+        return self.recipe.epochs * math.ceil(self.recipe.num_samples / self.recipe.batch_size)
+
+    def gradient_view(self) -> Observation:
+        """This observation with a gradient: itself for FedSGD; for shared weights, the
+        pseudo-gradient (W_0 - W_T) / (lr * T) (PAPER.md section 2), which gradient-based
+        label methods and attacks then treat as the gradient of the mean loss over N samples."""
+        if self.gradient is not None:
+            return self
+        if self.weights is None:
+            raise ValueError(f"the {self.scenario} scenario shares neither gradient nor weights")
+        if self.recipe.lr <= 0:
+            raise ValueError("a pseudo-gradient needs the public learning rate (recipe.lr > 0)")
+        scale = 1.0 / (self.recipe.lr * self.local_steps)
+        gradient = tuple(
+            (start.detach() - end.to(start.device)) * scale
+            for start, end in zip(self.model.parameters(), self.weights)
+        )
+        return replace(self, gradient=gradient)
+
     def named_gradient(self) -> dict[str, torch.Tensor]:
-        """The shared gradient keyed by parameter name."""
-        if self.gradient is None:
-            raise ValueError(f"the {self.scenario} scenario shares no gradient")
+        """The shared gradient (or pseudo-gradient, see gradient_view) keyed by parameter name."""
         names = [name for name, _ in self.model.named_parameters()]
-        return dict(zip(names, self.gradient))
+        return dict(zip(names, self.gradient_view().gradient))
 
 
 def set_bn_mode(model: nn.Module, mode: str) -> nn.Module:
