@@ -7,6 +7,7 @@ exit code 2; the full story is in the run's log.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 
 from deepleak.config import register
 from deepleak.errors import DeepleakError
-from deepleak.runs import set_status
+from deepleak.runs import archive_previous, find_sweep, is_complete, record_attempt, set_status
 
 log = logging.getLogger("deepleak")
 
@@ -58,6 +59,18 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def set_threads(threads: int, launcher: str) -> None:
+    """``threads=0`` (auto): torch's default for one job at a time, but one thread per job
+    under a parallel launcher, because on a small CPU oversubscribed torch threads run many
+    times slower than one thread each."""
+    import torch  # noqa: PLC0415
+
+    if threads == 0 and "BasicLauncher" not in launcher:
+        threads = 1
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def run_job(task, cfg: DictConfig) -> None:
     """Run one job with a status marker; a user error becomes one line, never a traceback.
 
@@ -65,6 +78,15 @@ def run_job(task, cfg: DictConfig) -> None:
     goes on; a single run exits with code 2.
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.resume and is_complete(run_dir, cfg.trials):
+        record_attempt(run_dir, "skipped: complete")
+        log.info("resume: %s is complete; skipped", run_dir)
+        return
+    previous = archive_previous(run_dir)
+    if previous is not None:
+        log.info("resume: the unfinished attempt's results were moved to %s", previous)
+    set_threads(cfg.threads, str(HydraConfig.get().launcher.get("_target_", "")))
+    record_attempt(run_dir, "started")
     set_status(run_dir, "running")
     try:
         task(cfg, run_dir)
@@ -92,6 +114,7 @@ def attack_command(args: list[str]) -> None:
         precheck(overrides)
     except DeepleakError as error:
         fail(str(error))
+    overrides = resume_target(overrides)
 
     @hydra.main(version_base=None, config_path="pkg://deepleak_conf", config_name="config")
     def app(cfg: DictConfig) -> None:
@@ -99,6 +122,53 @@ def attack_command(args: list[str]) -> None:
 
     sys.argv = ["deepleak attack", *overrides]
     app()
+    report_failed_jobs(overrides)
+
+
+def report_failed_jobs(args: list[str]) -> None:
+    """After a sweep: one line per failed job, and exit code 1 if any failed."""
+    from deepleak.config import RESERVED, split_flags  # noqa: PLC0415
+    from deepleak.runs import read_status  # noqa: PLC0415
+
+    overrides, multirun, skip = split_flags(args)
+    if not multirun or skip:
+        return
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweep.dir=")]
+    sweep = Path(given[-1]) if given else Path(RESERVED.get(str(Path("outputs") / "multirun"), RESERVED.get("outputs/multirun", "")))
+    if not sweep.is_dir():
+        return
+    jobs = [job for job in sorted(sweep.iterdir()) if (job / "status").is_file()]
+    failed = [job for job in jobs if read_status(job) == "failed"]
+    for job in failed:
+        reason = (job / "error.txt").read_text().strip() if (job / "error.txt").is_file() else "see its log"
+        sys.stderr.write(f"deepleak: job {job} failed: {reason}\n")
+    if failed:
+        sys.stderr.write(f"deepleak: {len(failed)} of {len(jobs)} jobs failed; the others are complete in {sweep}\n")
+        raise SystemExit(1)
+
+
+def resume_target(args: list[str]) -> list[str]:
+    """With ``-m ... resume=true``, send the sweep into the newest earlier sweep dir that had
+    the same overrides (unless ``hydra.sweep.dir`` is given); its complete jobs are skipped."""
+    from deepleak.config import split_flags  # noqa: PLC0415
+
+    overrides, multirun, _ = split_flags(args)
+    resume = any(o.split("=", 1)[0].lstrip("+") == "resume" and o.split("=", 1)[1].lower() == "true" for o in overrides)
+    if not (resume and multirun) or any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        return args
+    task = [o for o in overrides if not o.startswith("hydra") and not o.startswith("+hydra")]
+    sweep = find_sweep(Path("outputs") / "multirun", task)
+    if sweep is None:
+        log.warning("resume=true: no earlier sweep with these overrides under outputs/multirun; starting a new one")
+        return args
+    sys.stderr.write(f"deepleak: resuming the sweep in {sweep}\n")
+    return [*args, f"hydra.sweep.dir={sweep}"]
+
+
+def _terminate(signum, frame) -> None:  # noqa: ARG001
+    # SIGTERM (cluster pre-emption, kill) takes the same path as Ctrl-C: best-so-far
+    # results are written and the job is marked interrupted.
+    raise KeyboardInterrupt
 
 
 COMMANDS = {"attack": attack_command}
@@ -113,7 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; available: {', '.join(COMMANDS)}")
     register()
-    COMMANDS[command](rest)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        COMMANDS[command](rest)
+    except KeyboardInterrupt:
+        sys.stderr.write("deepleak: interrupted; finished jobs are kept, rerun a sweep with resume=true to finish it\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ class DeepleakConfig:
     trials: int = 1
     device: str = "auto"
     save_images: bool = True
+    resume: bool = False
+    threads: int = 0
 
 
 def register() -> None:
@@ -48,6 +50,9 @@ def config_dir() -> Path:
     import deepleak_conf  # noqa: PLC0415  (a package only to ship the YAML files)
 
     return Path(deepleak_conf.__file__).parent
+
+
+RESERVED: dict[str, str] = {}  # base -> the dir this process reserved last
 
 
 def unique_dir(base: str) -> str:
@@ -67,6 +72,7 @@ def unique_dir(base: str) -> str:
             os.mkdir(candidate)
         except FileExistsError:
             continue
+        RESERVED[base] = str(candidate)
         return str(candidate)
     raise RuntimeError(f"could not reserve a run dir under {parent}")
 

@@ -81,3 +81,61 @@ def save_images(folder: Path, originals: torch.Tensor, reconstructions: torch.Te
         torchvision.utils.save_image(image.nan_to_num(0.0).clamp(0, 1), folder / name)
         names.append(name)
     return names
+
+
+ATTEMPTS_FILE = "attempts.log"
+
+
+def is_complete(run_dir: Path, trials: int) -> bool:
+    """A job is complete when it is marked done and its metrics hold every trial."""
+    path = Path(run_dir) / METRICS_FILE
+    if read_status(run_dir) != "done" or not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("trials_done") == trials
+    except (OSError, ValueError):
+        return False
+
+
+def record_attempt(run_dir: Path, what: str) -> None:
+    """Append one line per start or skip, so a sweep's history stays readable."""
+    from datetime import datetime  # noqa: PLC0415
+
+    with open(Path(run_dir) / ATTEMPTS_FILE, "a") as handle:
+        handle.write(f"{datetime.now().isoformat(timespec='microseconds')} pid {os.getpid()} {what}\n")
+
+
+def archive_previous(run_dir: Path) -> Path | None:
+    """Move an unfinished attempt's results aside (``previous-1/``, ``previous-2/`` ...)
+    before the job runs again, so nothing already written is overwritten."""
+    run_dir = Path(run_dir)
+    leftovers = [run_dir / name for name in (METRICS_FILE, ERROR_FILE, "images") if (run_dir / name).exists()]
+    if not leftovers:
+        return None
+    for attempt in range(1, 10_000):
+        target = run_dir / f"previous-{attempt}"
+        try:
+            target.mkdir()
+        except FileExistsError:
+            continue
+        for path in leftovers:
+            os.replace(path, target / path.name)
+        return target
+    raise RuntimeError(f"too many previous attempts in {run_dir}")
+
+
+def find_sweep(base: Path, task_overrides: list[str]) -> Path | None:
+    """The newest sweep dir under ``base`` (``<date>/<time>``) that was launched with the
+    same task overrides, ``resume`` aside; None if there is none."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    wanted = sorted(o for o in task_overrides if not o.split("=", 1)[0].lstrip("+~") == "resume")
+    candidates = sorted(Path(base).glob("*/*/multirun.yaml"), key=lambda p: p.parent.as_posix(), reverse=True)
+    for path in candidates:
+        try:
+            task = OmegaConf.to_container(OmegaConf.load(path).hydra.overrides.task)
+        except Exception:  # an unreadable record cannot be resumed; look further back
+            continue
+        if sorted(o for o in task if not o.split("=", 1)[0].lstrip("+~") == "resume") == wanted:
+            return path.parent
+    return None

@@ -45,6 +45,7 @@ class Reconstruction:
     seconds: float
     nonfinite_restarts: int = 0
     stopped_by_budget: bool = False
+    interrupted: bool = False  # Ctrl-C / SIGTERM: the best result so far, then the caller stops
     history: list[float] = field(default_factory=list)
 
 
@@ -125,12 +126,16 @@ class GradientInversion:
         nonfinite = 0
         iterations_done = 0
         stopped = False
+        interrupted = False
         for restart in range(self.restarts):
+            if interrupted:
+                break
             if time.perf_counter() >= deadline:
                 stopped = True
                 break
             images = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
             result = self._run_restart(model, images, labels, target, deadline, restart)
+            interrupted = result["interrupted"]
             evaluations += result["evaluations"]
             iterations_done += result["iterations"]
             stopped = stopped or result["stopped"]
@@ -152,6 +157,7 @@ class GradientInversion:
             seconds=time.perf_counter() - start,
             nonfinite_restarts=nonfinite,
             stopped_by_budget=stopped,
+            interrupted=interrupted,
             history=best[3],
         )
 
@@ -162,6 +168,7 @@ class GradientInversion:
         history: list[float] = []
         nonfinite = False
         stopped = False
+        interrupted = False
 
         def closure() -> torch.Tensor:
             total, distance = self.objective(model, images, labels, target)
@@ -179,7 +186,15 @@ class GradientInversion:
             if time.perf_counter() >= deadline:
                 stopped = True
                 break
-            loss = optimizer.step(closure)
+            try:
+                loss = optimizer.step(closure)
+            except KeyboardInterrupt:
+                # Keep the last complete iterate; the task records it and then stops.
+                interrupted = True
+                with torch.no_grad():
+                    images.copy_(last_finite)
+                log.warning("interrupted at step %d of restart %d; keeping the best result so far", step, restart)
+                break
             if not (math.isfinite(float(loss)) and math.isfinite(state["distance"]) and bool(torch.isfinite(images).all())):
                 # Diverged: fall back to the last finite iterate and stop this restart.
                 nonfinite = True
@@ -210,5 +225,6 @@ class GradientInversion:
             "evaluations": state["evaluations"],
             "nonfinite": nonfinite,
             "stopped": stopped,
+            "interrupted": interrupted,
             "history": history,
         }

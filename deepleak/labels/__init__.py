@@ -1,7 +1,10 @@
 """Label restoration methods; each sees only an Observation (see deepleak.scenarios.base)."""
 
+from deepleak.labels.gradinversion import GradInversion
 from deepleak.labels.idlg import IDLG
+from deepleak.labels.ilrg import ILRG
+from deepleak.labels.llg import LLG
 from deepleak.labels.oracle import Oracle
 from deepleak.labels.zeroshot import ZeroShot
 
-__all__ = ["IDLG", "Oracle", "ZeroShot"]
+__all__ = ["GradInversion", "IDLG", "ILRG", "LLG", "Oracle", "ZeroShot"]

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import copy
+
 import numpy as np
 import torch
+from torch import nn
 
 from deepleak.errors import DeepleakError
-from deepleak.models import classifier_parameter_names
-from deepleak.scenarios.base import Observation
+from deepleak.models import classifier, classifier_parameter_names, features_and_logits
+from deepleak.models.layers import ACTIVATIONS
+from deepleak.scenarios.base import Observation, set_bn_mode
 
 
 class LabelMethod(Protocol):
@@ -81,4 +85,62 @@ def require_batch_size(method: str, observation: Observation, size: int) -> None
         )
 
 
-__all__ = ["LabelMethod", "counts_to_labels", "last_layer_gradient", "require_batch_size"]
+def last_activation(model: nn.Module) -> str | None:
+    """Name ('sigmoid', 'relu', ...) of the last activation module registered before the
+    classifier, or None when the model has none that deepleak knows."""
+    head = classifier(model)
+    found = None
+    for module in model.modules():
+        if module is head:
+            break
+        for name, kind in ACTIVATIONS.items():
+            if type(module) is kind:
+                found = name
+    return found
+
+
+def require_nonnegative_features(method: str, observation: Observation, features: torch.Tensor | None = None,
+                                 num_probes: int = 8) -> None:
+    """Refuse models whose penultimate features can be negative.
+
+    Methods that read class presence off the sign of a row of the weight gradient (iDLG, LLG,
+    GradInversion, zero-shot) rely on (p - y) * O having the sign of (p - y), i.e. O >= 0.
+    ``features`` (K, M) are features the caller has already computed on dummy inputs; without
+    them ``num_probes`` uniform random images are run through a copy of the model (a copy:
+    train-mode batch norm would update the server model's running statistics).
+    """
+    if features is None:
+        model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
+        parameter = next(model.parameters())
+        generator = torch.Generator().manual_seed(0)
+        x = torch.rand((num_probes, *observation.recipe.image_shape), generator=generator)
+        with torch.no_grad():
+            features, _ = features_and_logits(model, x.to(parameter.device, parameter.dtype))
+    if bool((features < 0).any()):
+        activation = last_activation(observation.model)
+        cause = f": model.activation_fn={activation} gives negative ones" if activation else ""
+        raise DeepleakError(
+            f"the {method} label method needs non-negative penultimate features (ReLU or sigmoid){cause}"
+        )
+
+
+def require_bias(method: str, observation: Observation) -> None:
+    """Refuse a classifier layer without a bias (its gradient is what some methods read)."""
+    if classifier_parameter_names(observation.model)[1] is None:
+        raise DeepleakError(f"the {method} label method needs a bias in the classifier layer; this model has none")
+
+
+def require_batch_at_most_classes(method: str, observation: Observation) -> None:
+    """Refuse batches larger than the number of classes (for methods that never repeat a label)."""
+    k, n = observation.recipe.num_samples, observation.recipe.num_classes
+    if k > n:
+        raise DeepleakError(
+            f"the {method} label method never repeats a label, so it needs batch_size <= num_classes "
+            f"({n}), got {k}; use labels=zeroshot"
+        )
+
+
+__all__ = [
+    "LabelMethod", "counts_to_labels", "last_activation", "last_layer_gradient", "require_batch_at_most_classes",
+    "require_batch_size", "require_bias", "require_nonnegative_features",
+]

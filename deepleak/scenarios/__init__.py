@@ -1,6 +1,7 @@
 """Federated-learning scenarios: the client's side, turning a private batch into what it shares."""
 
 from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
+from deepleak.scenarios.fedavg import FedAvg
 from deepleak.scenarios.fedsgd import FedSGD
 
-__all__ = ["FedSGD", "Observation", "PrivateBatch", "Recipe"]
+__all__ = ["FedAvg", "FedSGD", "Observation", "PrivateBatch", "Recipe"]

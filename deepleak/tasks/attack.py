@@ -115,6 +115,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
             attack_seconds=reconstruction.seconds,
             nonfinite_restarts=reconstruction.nonfinite_restarts,
             stopped_by_budget=reconstruction.stopped_by_budget,
+            interrupted=reconstruction.interrupted,
         )
         if cfg.save_images:
             paired = reconstruction.images[scores["permutation"]]
@@ -172,6 +173,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         result.update(summary=summarise(records), per_trial=records, trials_done=len(records),
                       wall_seconds=time.perf_counter() - started)
         write_metrics(run_dir, result)  # after every trial, so an interrupted run keeps its trials
+        if records[-1].get("interrupted"):
+            raise KeyboardInterrupt
     summary = result["summary"]
     line = ", ".join(f"{k} {v['mean']:.4g}" for k, v in summary.items() if k in ("label_accuracy", "psnr_mean", "ssim_mean", "lpips_mean"))
     log.info("done in %.1f s: %s; results in %s", result["wall_seconds"], line, run_dir)

@@ -1,0 +1,275 @@
+"""Label restoration from shared weights (FedAvg; PAPER.md section 2).
+
+Every gradient-based label method already works on a FedAvg observation through the
+pseudo-gradient (W_0 - W_T) / (eta T) (``Observation.gradient_view``), with K = N: that is the
+"pseudo" route, e.g. plain ``labels=zeroshot``. This module adds two estimates that account
+for the model moving during the T local steps:
+
+- :class:`Interpolated` (Dimitrov et al., TMLR 2022): statistics at the start model W_0 and at
+  the end model (the observed W_T, or one simulated on dummy data), interpolated over the T
+  steps; the per-step counts K p_t - K S / O_t are averaged. It wraps any label method that
+  has ``counts(observation)`` (and, for ``interpolate='statistics'``, ``dummy_statistics``),
+  so zero-shot and every other count-based method can use it.
+- :class:`Simulated` (deepleak's): replays the client's recipe on dummy inputs labelled with a
+  first estimate and reads off, per sample, how much of the pseudo-gradient's class row sums
+  its own class and the other classes make as the model fits it; the counts then solve the
+  resulting linear model. It keeps working where the client has fitted its data (large eta x
+  steps), which the dummy statistics of the two methods above do not see.
+
+All counts sum to N (the recipe's ``num_samples``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from deepleak.errors import DeepleakError
+from deepleak.labels.base import counts_to_labels, last_layer_gradient
+from deepleak.labels.zeroshot import ZeroShot
+from deepleak.models import features_and_logits
+from deepleak.scenarios.base import Observation, set_bn_mode
+from deepleak.scenarios.fedavg import epoch_orders, step_batches
+
+log = logging.getLogger(__name__)
+
+
+def with_weights(model: torch.nn.Module, weights: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.nn.Module:
+    """A copy of ``model`` whose parameters are ``weights`` (in ``parameters()`` order); buffers are kept."""
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter, value in zip(copied.parameters(), weights):
+            parameter.copy_(value.to(parameter.device, parameter.dtype))
+    return copied
+
+
+def dummy_inputs(observation: Observation, count: int, seed: int) -> torch.Tensor:
+    """``count`` uniform dummy images (count, C, H, W) in [0, 1] on the model's device."""
+    parameter = next(observation.model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand((count, *observation.recipe.image_shape), generator=generator)
+    return x.to(parameter.device, parameter.dtype)
+
+
+def simulate_training(
+    observation: Observation,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int,
+    record: bool = False,
+) -> tuple[tuple[torch.Tensor, ...], list[dict[str, torch.Tensor]]]:
+    """Run the public recipe (E epochs, B, eta, BN mode) from W_0 on ``images`` (N, C, H, W)
+    with ``labels`` (N,), batches shuffled from ``seed``.
+
+    Returns the simulated final weights and, when ``record``, one dict per step with the
+    batch ``indices`` (b,), its penultimate feature sums ``O`` (b,) and softmax ``p`` (b, C)
+    at the weights the step starts from.
+    """
+    recipe = observation.recipe
+    model = set_bn_mode(copy.deepcopy(observation.model), recipe.bn_mode)
+    parameters = list(model.parameters())
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    steps: list[dict[str, torch.Tensor]] = []
+    for order in epoch_orders(len(labels), recipe.epochs, generator):
+        for indices in step_batches(order.to(labels.device), recipe.batch_size):
+            features, logits = features_and_logits(model, images[indices])
+            if record:
+                steps.append({
+                    "indices": indices,
+                    "O": features.detach().sum(dim=1).double(),
+                    "p": torch.softmax(logits.detach().double(), dim=1),
+                })
+            gradient = torch.autograd.grad(F.cross_entropy(logits, labels[indices]), parameters)
+            with torch.no_grad():
+                for parameter, g in zip(parameters, gradient):
+                    parameter.sub_(recipe.lr * g)
+    return tuple(p.detach() for p in parameters), steps
+
+
+def _shared_weights(observation: Observation) -> tuple[torch.Tensor, ...]:
+    if observation.weights is None:
+        raise DeepleakError(f"this label method needs shared weights (scenario=fedavg), got {observation.scenario}")
+    return observation.weights
+
+
+class Interpolated:
+    """Per-step interpolated counts (Dimitrov et al.) around any count-based label method.
+
+    - ``base``: the label method (default zero-shot); it must have ``counts(observation)``.
+    - ``interpolate``: ``statistics`` (the paper's: the base's dummy statistics O, p at the start
+      and end models, linearly interpolated over the T steps; needs ``base.dummy_statistics``)
+      or ``weights`` (the base's counts at T models on the straight line from W_0 to the end
+      model, averaged; works for any count-based method).
+    - ``end``: ``observed`` (the shared W_T, known to the server) or ``simulated`` (the recipe
+      replayed on dummy inputs labelled with the pseudo-gradient's labels, Dimitrov's choice).
+    - ``points``: how many steps to average over (0: T).
+    A FedSGD observation is passed to ``base`` unchanged.
+    """
+
+    name = "interpolated"
+
+    def __init__(
+        self,
+        base: Any = None,
+        interpolate: str = "statistics",
+        end: str = "observed",
+        points: int = 0,
+        num_dummies: int = 64,
+        rounding: str = "largest_remainder",
+        seed: int = 0,
+    ) -> None:
+        if interpolate not in ("statistics", "weights"):
+            raise DeepleakError(f"labels.interpolate must be statistics or weights, got {interpolate!r}")
+        if end not in ("observed", "simulated"):
+            raise DeepleakError(f"labels.end must be observed or simulated, got {end!r}")
+        if points < 0:
+            raise DeepleakError(f"labels.points must be >= 0 (0: one per local step), got {points}")
+        self.base = base if base is not None else ZeroShot(seed=seed)
+        if not hasattr(self.base, "counts"):
+            raise DeepleakError(f"labels.base ({getattr(self.base, 'name', type(self.base).__name__)}) has no class counts to interpolate")
+        if interpolate == "statistics" and not hasattr(self.base, "dummy_statistics"):
+            raise DeepleakError("labels.interpolate=statistics needs a base method with dummy statistics; use weights")
+        self.interpolate = interpolate
+        self.end = end
+        self.points = int(points)
+        self.num_dummies = int(num_dummies)
+        self.rounding = rounding
+        self.seed = int(seed)
+
+    def end_weights(self, observation: Observation) -> tuple[torch.Tensor, ...]:
+        """The end model's weights: observed W_T, or W_T simulated on labelled dummy inputs."""
+        if self.end == "observed":
+            return _shared_weights(observation)
+        _shared_weights(observation)
+        k = observation.recipe.num_samples
+        labels = counts_to_labels(self.base.counts(observation.gradient_view()).numpy(), k, self.rounding)
+        images = dummy_inputs(observation, k, self.seed + 1)
+        weights, _ = simulate_training(observation, images, labels.to(images.device), self.seed + 2)
+        return weights
+
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """Real-valued class counts (num_classes,) summing to about N."""
+        if observation.weights is None:
+            return self.base.counts(observation)
+        pseudo = observation.gradient_view()
+        start = [p.detach() for p in observation.model.parameters()]
+        end = self.end_weights(observation)
+        points = self.points or observation.local_steps
+        fractions = [t / max(points - 1, 1) for t in range(points)] if points > 1 else [0.5]
+        k = observation.recipe.num_samples
+        if self.interpolate == "weights":
+            total = None
+            for a in fractions:
+                model = with_weights(observation.model, [s + a * (e.to(s.device) - s) for s, e in zip(start, end)])
+                counts = self.base.counts(replace(pseudo, model=model))
+                total = counts if total is None else total + counts
+            return total / len(fractions)
+        o_start, p_start = self.base.dummy_statistics(pseudo)
+        o_end, p_end = self.base.dummy_statistics(replace(pseudo, model=with_weights(observation.model, end)))
+        weight_gradient, _ = last_layer_gradient(pseudo)
+        s = weight_gradient.sum(dim=1).double().cpu()
+        total = torch.zeros_like(s)
+        for a in fractions:
+            o_t = (1 - a) * o_start + a * o_end
+            p_t = (1 - a) * p_start.double().cpu() + a * p_end.double().cpu()
+            if o_t <= 0:
+                raise DeepleakError("interpolated labels need positive penultimate feature sums (ReLU or sigmoid)")
+            total += k * p_t - k * s / o_t
+        return total / len(fractions)
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
+
+
+class Simulated:
+    """Counts from a simulated client (deepleak's FedAvg estimate; zero-shot in spirit).
+
+    The class-n row sum of the pseudo-gradient is S_n = (1/T) sum_t (1/B) sum_{k in b_t}
+    (p_tkn - y_kn) O_tk. Split it per sample: a sample of class n pulls S_n down by its
+    *fit deficit* w_k = (1/T) sum_{t: k in b_t} (1 - p_tk,y_k) O_tk / B, and pushes every
+    other class m up by r_km = (1/T) sum_{t: k in b_t} p_tkm O_tk / B. With w the mean deficit
+    and r_n the mean push on class n of samples of other classes,
+
+        S_n = -lambda_n w + (N - lambda_n) r_n   =>   lambda_n = (N r_n - S_n) / (w + r_n).
+
+    w and r_n come from replaying the recipe (E, B, eta, BN mode) from W_0 on
+    ``num_dummies`` x ``repeats`` uniform dummy inputs labelled with the current estimate
+    (the pseudo-gradient's zero-shot labels first), ``iterations`` times. At one step with
+    an untrained model this is the zero-shot formula; as the client fits its samples, their
+    p_y rises and w shrinks, which is what the dummy statistics of the other estimates miss.
+    """
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        iterations: int = 2,
+        repeats: int = 4,
+        rounding: str = "largest_remainder",
+        seed: int = 0,
+    ) -> None:
+        if iterations < 1:
+            raise DeepleakError(f"labels.iterations must be >= 1, got {iterations}")
+        if repeats < 1:
+            raise DeepleakError(f"labels.repeats must be >= 1, got {repeats}")
+        self.iterations = int(iterations)
+        self.repeats = int(repeats)
+        self.rounding = rounding
+        self.seed = int(seed)
+        self.first = ZeroShot(seed=seed)
+
+    def profile(self, observation: Observation, labels: torch.Tensor, repeat: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """(w, push (C,), others (C,)) summed over one simulated client with ``labels`` (N,):
+        the total fit deficit, the total push on each class from samples of other classes,
+        and how many samples of other classes there are."""
+        recipe = observation.recipe
+        n, c = recipe.num_samples, recipe.num_classes
+        images = dummy_inputs(observation, n, self.seed + 1000 * repeat + 1)
+        labels = labels.to(images.device)
+        _, steps = simulate_training(observation, images, labels, self.seed + 1000 * repeat + 2, record=True)
+        scale = 1.0 / (len(steps) * recipe.batch_size)
+        onehot = F.one_hot(labels.cpu(), c).double()
+        deficit = 0.0
+        push = torch.zeros(c, dtype=torch.float64)
+        for step in steps:
+            y = onehot[step["indices"].cpu()]
+            o, p = step["O"].cpu(), step["p"].cpu()
+            deficit += float((((1 - p) * y).sum(dim=1) * o).sum()) * scale
+            push += ((p * (1 - y)) * o[:, None]).sum(dim=0) * scale
+        others = len(labels) - onehot.sum(dim=0)  # samples of other classes
+        return deficit, push, others
+
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """Real-valued class counts (num_classes,)."""
+        _shared_weights(observation)
+        pseudo = observation.gradient_view()
+        n = observation.recipe.num_samples
+        weight_gradient, _ = last_layer_gradient(pseudo)
+        s = weight_gradient.sum(dim=1).double().cpu()
+        counts = self.first.counts(pseudo)
+        for _ in range(self.iterations):
+            labels = counts_to_labels(counts.numpy(), n, self.rounding)
+            deficit, push, others = 0.0, torch.zeros_like(s), torch.zeros_like(s)
+            for repeat in range(self.repeats):
+                d, u, o = self.profile(observation, labels, repeat)
+                deficit, push, others = deficit + d, push + u, others + o
+            w = deficit / (n * self.repeats)  # mean fit deficit per sample
+            r = push / others.clamp(min=1)  # mean push on class n per sample of another class
+            counts = (n * r - s) / (w + r)
+            if not torch.isfinite(counts).all():
+                raise DeepleakError("simulated label counts are not finite: the shared weights hold NaN or inf")
+        return counts
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
+
+
+__all__ = ["Interpolated", "Simulated", "simulate_training", "with_weights"]

@@ -1,0 +1,148 @@
+"""FedAvg: the client trains locally for E epochs and shares its final weights.
+
+The client holds N private samples (the top-level ``batch_size`` of the task), runs E local
+epochs of plain SGD (no momentum, no weight decay) in mini-batches of B at rate eta on the
+mean cross-entropy, reshuffling its samples at the start of every epoch from its own seed,
+and shares W_T after T = E * ceil(N / B) steps. The last mini-batch of an epoch is smaller
+when B does not divide N.
+
+The server knows W_0 and the public recipe (N, B, E, eta, BN mode): nothing else, unless a
+leak switch says otherwise. Two switches, both off by default and both recorded in the run's
+``metrics.json`` under ``metadata_leaked``:
+
+- ``leak_metadata``: the per-step label lists (``metadata["step_labels"]``: T lists of the
+  labels in each mini-batch, sorted within the batch), i.e. which classes went into which
+  step. It tells the replay attack the per-epoch batch assignment up to same-label swaps.
+- ``snapshot_every`` = k > 0: the client also shares its weights after every k-th step
+  (``metadata["snapshots"]``: tuple of (step, weights) pairs, steps k, 2k, ... < T), the
+  protocol the snapshots attack needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepleak.errors import DeepleakError
+from deepleak.scenarios.base import Observation, PrivateBatch, Recipe, set_bn_mode
+
+
+def epoch_orders(num_samples: int, epochs: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    """One permutation of range(N) per epoch (int64, (N,)); the identity when ``generator`` is None."""
+    if generator is None:
+        return [torch.arange(num_samples) for _ in range(epochs)]
+    return [torch.randperm(num_samples, generator=generator) for _ in range(epochs)]
+
+
+def step_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split one epoch's order (N,) into its mini-batches of B (the last one may be smaller)."""
+    return list(torch.split(order, batch_size))
+
+
+class FedAvg:
+    """E local epochs of plain SGD over N samples in mini-batches of ``batch_size`` (B) at ``lr``.
+
+    - ``bn_mode``: how the client runs batch norm (train: batch statistics of each mini-batch).
+    - ``shuffle``: reshuffle the samples every epoch (from ``seed`` and the call count, so
+      every trial of a run gets its own order); false keeps the data order.
+    - ``leak_metadata`` / ``snapshot_every``: extra information shared with the server, see
+      the module docstring; off (false / 0) by default.
+    """
+
+    name = "fedavg"
+
+    def __init__(
+        self,
+        batch_size: int = 2,
+        epochs: int = 2,
+        lr: float = 0.01,
+        bn_mode: str = "train",
+        shuffle: bool = True,
+        seed: int = 0,
+        leak_metadata: bool = False,
+        snapshot_every: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise DeepleakError(f"scenario.batch_size (the local mini-batch B) must be >= 1, got {batch_size}")
+        if epochs < 1:
+            raise DeepleakError(f"scenario.epochs must be >= 1, got {epochs}")
+        if not lr > 0:
+            raise DeepleakError(f"scenario.lr must be > 0, got {lr}")
+        if bn_mode not in ("train", "eval"):
+            raise DeepleakError(f"scenario.bn_mode must be train or eval, got {bn_mode!r}")
+        if snapshot_every < 0:
+            raise DeepleakError(f"scenario.snapshot_every must be >= 0 (0: no snapshots), got {snapshot_every}")
+        self.batch_size = int(batch_size)
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.bn_mode = bn_mode
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.leak_metadata = bool(leak_metadata)
+        self.snapshot_every = int(snapshot_every)
+        self._calls = 0
+
+    @property
+    def metadata_leaked(self) -> dict[str, Any]:
+        """What the server receives beyond W_T and the public recipe (for metrics.json)."""
+        return {"step_labels": self.leak_metadata, "snapshot_every": self.snapshot_every}
+
+    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int) -> Observation:
+        """Play the client's local training on ``batch`` (N samples) and return what it shares."""
+        n = len(batch)
+        if self.batch_size > n:
+            raise DeepleakError(
+                f"scenario.batch_size (B = {self.batch_size}) must be <= the client's number of samples "
+                f"(top-level batch_size, N = {n})"
+            )
+        generator = None
+        if self.shuffle:
+            seed = int(np.random.SeedSequence([self.seed, self._calls]).generate_state(1)[0])
+            generator = torch.Generator().manual_seed(seed)
+        self._calls += 1
+        client = set_bn_mode(copy.deepcopy(model), self.bn_mode)
+        parameters = list(client.parameters())
+        step_labels: list[list[int]] = []
+        snapshots: list[tuple[int, tuple[torch.Tensor, ...]]] = []
+        step = 0
+        for order in epoch_orders(n, self.epochs, generator):
+            for indices in step_batches(order.to(batch.labels.device), self.batch_size):
+                images, labels = batch.images[indices], batch.labels[indices]
+                loss = F.cross_entropy(client(images), labels)
+                gradient = torch.autograd.grad(loss, parameters)
+                with torch.no_grad():
+                    for parameter, g in zip(parameters, gradient):
+                        parameter.sub_(self.lr * g)
+                step += 1
+                step_labels.append(sorted(labels.tolist()))
+                if self.snapshot_every and step % self.snapshot_every == 0:
+                    snapshots.append((step, tuple(p.detach().clone() for p in parameters)))
+        total = self.epochs * math.ceil(n / self.batch_size)
+        assert step == total, (step, total)
+        metadata: dict[str, Any] = {}
+        if self.leak_metadata:
+            metadata["step_labels"] = step_labels
+        if self.snapshot_every:
+            metadata["snapshots"] = tuple(s for s in snapshots if s[0] < total)
+        recipe = Recipe(
+            num_samples=n,
+            batch_size=self.batch_size,
+            num_classes=num_classes,
+            image_shape=tuple(batch.images.shape[1:]),
+            epochs=self.epochs,
+            lr=self.lr,
+            bn_mode=self.bn_mode,
+        )
+        return Observation(
+            scenario=self.name,
+            model=copy.deepcopy(model),  # the server's own copy of W_0
+            recipe=recipe,
+            weights=tuple(p.detach().clone() for p in parameters),
+            metadata=metadata,
+        )

@@ -1,0 +1,186 @@
+"""deepleak report: grouping, mean ± std, failed jobs, files, no overwrite (fake job dirs)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from deepleak import report as rep
+
+ABSENT_REASON = "LPIPS absent: AlexNet weights not found"
+
+
+def make_job(folder: Path, overrides: list[str], *, status: str = "done", seed: int = 0,
+             psnr: list[float] | None = None, label_accuracy: list[float] | None = None,
+             error: str | None = None, choices: dict | None = None, config: dict | None = None,
+             grid: bool = True) -> Path:
+    """A job dir as `deepleak attack` leaves it, written by hand (no attack runs)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config or {"seed": seed, "batch_size": 4}))
+    hydra = {"hydra": {"runtime": {"choices": {"hydra/launcher": "basic", **(choices or {})}}}}
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    (folder / "status").write_text(status + "\n")
+    if error:
+        (folder / "error.txt").write_text(error + "\n")
+    if label_accuracy is not None:
+        records = []
+        for i, acc in enumerate(label_accuracy):
+            record = {"trial": i, "label_accuracy": acc, "count_accuracy": 1.0}
+            if psnr is not None:
+                record.update(psnr_mean=psnr[i], ssim_mean=0.5, lpips_mean=None, lpips_absent_reason=ABSENT_REASON)
+            records.append(record)
+        metrics = {"scenario": "fedsgd", "seed": seed, "trials": len(records), "trials_done": len(records),
+                   "summary": {}, "per_trial": records}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    if grid and psnr is not None:
+        (folder / "images" / "trial_000").mkdir(parents=True)
+        pixels = (np.random.default_rng(0).random((66, 130, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "images" / "trial_000" / "grid.png")
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """batch_size=2,10 x distribution=unique,random; (2, unique) run with two seeds; one failed."""
+    root = tmp_path / "multirun" / "2026-01-01" / "10-00-00"
+    jobs = [
+        (["batch_size=10", "distribution=unique", "+scenario=fedsgd"], dict(psnr=[10.0, 12.0], label_accuracy=[0.5, 1.0])),
+        (["batch_size=2", "distribution=unique", "+scenario=fedsgd"], dict(psnr=[20.0, 22.0], label_accuracy=[1.0, 1.0])),
+        (["batch_size=2", "distribution=unique", "+scenario=fedsgd", "seed=1"], dict(seed=1, psnr=[30.0], label_accuracy=[0.0])),
+        (["batch_size=2", "distribution=random", "+scenario=fedsgd"], dict(psnr=[15.0, 15.0], label_accuracy=[1.0, 1.0])),
+        (["batch_size=10", "distribution=random", "+scenario=fedsgd"],
+         dict(status="failed", error="the random distribution is unhappy\nsecond line")),
+    ]
+    for n, (overrides, kwargs) in enumerate(jobs):
+        make_job(root / str(n), overrides, **kwargs)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def read_csv(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "report.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_groups_and_mean_std(sweep):
+    folder = rep.report([sweep])
+    assert folder == sweep / "report"
+    rows = read_csv(folder)
+    # seed is a repeat, not a column; 2 sorts before 10; text values alphabetically
+    assert [(r["batch_size"], r["distribution"]) for r in rows] == [
+        ("2", "random"), ("2", "unique"), ("10", "random"), ("10", "unique")]
+    assert "seed" not in rows[0] and "scenario" not in rows[0]
+    pooled = rows[1]  # (2, unique): seeds 0 and 1 pooled, three trials
+    assert pooled["n"] == "3" and pooled["seeds"] == "0 1" and pooled["jobs"] == "2"
+    assert float(pooled["psnr_mean_mean"]) == pytest.approx(24.0)
+    assert float(pooled["psnr_mean_std"]) == pytest.approx(np.std([20.0, 22.0, 30.0]))  # ddof=0
+    assert float(pooled["label_accuracy_mean"]) == pytest.approx(2 / 3)
+    assert float(rows[3]["label_accuracy_std"]) == pytest.approx(0.25)
+    assert rows[3]["lpips_mean_mean"] == "absent"
+    md = (folder / "report.md").read_text()
+    assert "| 2 | unique | 3 | 0,1 | 2 done | 0.667 ± 0.471 | 1.000 ± 0.000 | 24.00 ± 4.32 | 0.500 ± 0.000 | absent |" in md
+    assert "Fixed: `scenario=fedsgd`" in md
+    assert ABSENT_REASON in md
+
+
+def test_failed_job_is_listed_not_dropped(sweep):
+    folder = rep.report([sweep])
+    failed = [r for r in read_csv(folder) if r["failed"] == "1"]
+    assert [(r["batch_size"], r["distribution"], r["n"], r["psnr_mean_mean"]) for r in failed] == [("10", "random", "0", "")]
+    md = (folder / "report.md").read_text()
+    assert "| 10 | random | 0 |  | 1 failed | - | - | - | - | - |" in md
+    section = md[md.index("## Jobs not done"):]
+    assert "| ../4 | batch_size=10, distribution=random | failed | 0 | the random distribution is unhappy |" in section
+    assert "second line" not in section
+
+
+def test_figures_and_montage_are_written(sweep):
+    folder = rep.report([sweep])
+    names = {"fig_label_accuracy.png", "fig_count_accuracy.png", "fig_psnr_mean.png", "fig_ssim_mean.png", "montage.png"}
+    assert names <= {p.name for p in folder.iterdir()}
+    assert not (folder / "fig_lpips_mean.png").exists()  # absent: nothing to plot
+    for name in names:
+        data = (folder / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 1000
+    md = (folder / "report.md").read_text()
+    assert "![fig_psnr_mean](fig_psnr_mean.png)" in md and "(montage.png)" in md
+
+
+def test_second_report_never_overwrites(sweep, tmp_path):
+    first = rep.report([sweep])
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    second = rep.report([sweep])
+    third = rep.report([sweep])
+    assert (second.name, third.name) == ("report-1", "report-2")
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert (second / "report.csv").read_text() == (first / "report.csv").read_text()  # reports are not jobs
+    out = rep.report([sweep], out=tmp_path / "elsewhere")
+    assert out == tmp_path / "elsewhere" / "report"
+
+
+def test_labels_only_has_no_image_columns_and_bars_without_numeric_key(tmp_path):
+    make_job(tmp_path / "a", ["attack=none", "distribution=unique"], label_accuracy=[1.0, 0.5])
+    make_job(tmp_path / "b", ["attack=none", "distribution=one_class"], label_accuracy=[1.0])
+    folder = rep.report([tmp_path])
+    header = next(csv.reader(open(folder / "report.csv")))
+    assert header[0] == "distribution" and not any(h.startswith(("psnr", "ssim", "lpips")) for h in header)
+    assert (folder / "fig_label_accuracy.png").stat().st_size > 1000  # a bar chart
+    assert not (folder / "montage.png").exists()
+    assert "## Jobs not done" not in (folder / "report.md").read_text()
+
+
+def test_value_missing_from_overrides_comes_from_config(tmp_path):
+    """Two sweeps: one sets distribution and batch_size, the other leaves them at their defaults."""
+    make_job(tmp_path / "s1" / "0", ["distribution=random", "batch_size=8"], label_accuracy=[0.5],
+             choices={"distribution": "random"}, config={"batch_size": 8, "seed": 0})
+    make_job(tmp_path / "s2" / "0", ["trials=1"], label_accuracy=[1.0],
+             choices={"distribution": "unique"}, config={"batch_size": 4, "seed": 0, "trials": 1})
+    folder = rep.report([tmp_path / "s1", tmp_path / "s2"])
+    assert folder == tmp_path / "s1" / "report"
+    rows = read_csv(folder)
+    assert [(r["distribution"], r["batch_size"], r["trials"]) for r in rows] == [("random", "8", ""), ("unique", "4", "1")]
+
+
+def test_tex_is_a_booktabs_tabular(sweep):
+    tex = (rep.report([sweep]) / "report.tex").read_text()
+    lines = tex.splitlines()
+    assert lines[0] == r"\begin{tabular}{llrrrrrr}" and lines[-1] == r"\end{tabular}"
+    assert r"\toprule" in lines and r"\midrule" in lines and r"\bottomrule" in lines
+    assert r"batch\_size & distribution & $n$" in tex
+    assert r"2 & unique & 3 & $0.667 \pm 0.471$" in tex
+
+
+def test_cli_main(sweep, capsys):
+    rep.main([str(sweep)])
+    out = capsys.readouterr().out
+    assert out.startswith(f"report written to {sweep / 'report'}")
+    assert "| batch_size | distribution |" in out and "some jobs did not finish" in out
+    with pytest.raises(SystemExit) as exit_info:
+        rep.main([str(sweep / "missing")])
+    assert exit_info.value.code == 2
+    assert "deepleak: error: no such directory" in capsys.readouterr().err
+
+
+def test_no_jobs_is_an_error(tmp_path):
+    with pytest.raises(rep.DeepleakError, match="no job"):
+        rep.report([tmp_path])
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_report_of_a_real_sweep(deepleak, tmp_path):
+    result = deepleak("attack", "-m", "batch_size=1,2", "attack.iterations=2", "trials=2")
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    folder = rep.report([sweep])
+    rows = read_csv(folder)
+    assert [(r["batch_size"], r["n"], r["done"]) for r in rows] == [("1", "2", "1"), ("2", "2", "1")]
+    summary = json.loads((sweep / "1" / "metrics.json").read_text())["summary"]["psnr_mean"]
+    assert float(rows[1]["psnr_mean_mean"]) == pytest.approx(summary["mean"])
+    assert float(rows[1]["psnr_mean_std"]) == pytest.approx(summary["std"])
+    assert (folder / "montage.png").stat().st_size > 1000
