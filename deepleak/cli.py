@@ -23,6 +23,7 @@ from deepleak.runs import archive_previous, find_sweep, is_complete, record_atte
 log = logging.getLogger("deepleak")
 
 USAGE = """usage: deepleak attack [OVERRIDE ...] [-m]
+       deepleak report DIR [DIR ...] [--out PATH]
 
   deepleak attack                         FedSGD on the embedded sample set
   deepleak attack +scenario=fedavg        (another scenario)
@@ -30,6 +31,7 @@ USAGE = """usage: deepleak attack [OVERRIDE ...] [-m]
   deepleak attack -m batch_size=1,2,4     (a sweep)
   deepleak attack --cfg job               (print the composed config)
   deepleak attack --help                  (all config groups and options)
+  deepleak report outputs/multirun/<date>/<time>   (tables and figures of a sweep)
 """
 
 SCENARIO_KEYS = ("scenario", "+scenario", "++scenario", "~scenario")
@@ -171,7 +173,13 @@ def _terminate(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
-COMMANDS = {"attack": attack_command}
+def report_command(args: list[str]) -> None:
+    from deepleak.report import main as report_main  # noqa: PLC0415
+
+    report_main(args)
+
+
+COMMANDS = {"attack": attack_command, "report": report_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,11 +35,14 @@ class DeepleakConfig:
     save_images: bool = True
     resume: bool = False
     threads: int = 0
+    scale: str = "cpu"
 
 
 def register() -> None:
     """Register the schema and the resolvers; idempotent."""
     ConfigStore.instance().store(name="deepleak_schema", node=DeepleakConfig)
+    if not OmegaConf.has_resolver("scaled"):
+        OmegaConf.register_new_resolver("scaled", scaled)
     if not OmegaConf.has_resolver("deepleak_unique_dir"):
         # use_cache: one config resolves to one dir, however often it is read.
         OmegaConf.register_new_resolver("deepleak_unique_dir", unique_dir, use_cache=True)
@@ -50,6 +53,20 @@ def config_dir() -> Path:
     import deepleak_conf  # noqa: PLC0415  (a package only to ship the YAML files)
 
     return Path(deepleak_conf.__file__).parent
+
+
+SCALES = ("cpu", "paper")
+
+
+def scaled(cpu: Any, paper: Any, *, _root_: Any) -> Any:
+    """``${scaled:CPU_VALUE,PAPER_VALUE}``: experiment presets carry both sizes; the
+    top-level ``scale=cpu|paper`` picks one (paper-scale settings are meant for a GPU)."""
+    from deepleak.errors import DeepleakError  # noqa: PLC0415
+
+    scale = _root_.get("scale", "cpu")
+    if scale not in SCALES:
+        raise DeepleakError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    return paper if scale == "paper" else cpu
 
 
 RESERVED: dict[str, str] = {}  # base -> the dir this process reserved last
@@ -84,6 +101,12 @@ def explain(error: BaseException) -> str:
     while cause is not None and not str(text).strip():
         text, cause = str(cause), cause.__cause__
     full = text + "\n" + (str(cause) if cause else "")
+    match = re.search(r"Could not (?:load|find) 'hydra/launcher/([^']+)'", full)
+    if match:
+        plugin = {"submitit_slurm": "hydra-submitit-launcher", "submitit_local": "hydra-submitit-launcher",
+                  "joblib": "hydra-joblib-launcher", "ray": "hydra-ray-launcher"}.get(match.group(1))
+        hint = f": pip install {plugin}" if plugin else ""
+        return f"the launcher plugin for hydra/launcher={match.group(1)} is not installed{hint}"
     match = re.search(r"Could not find '([^']+)/([^']+)'", full)
     if match:
         group, option = match.groups()
@@ -164,7 +187,7 @@ def precheck(args: list[str]) -> None:
     from deepleak.errors import DeepleakError  # noqa: PLC0415
     from deepleak.tasks.attack import validate  # noqa: PLC0415
 
-    overrides, _, skip = split_flags(args)
+    overrides, multirun, skip = split_flags(args)
     if skip:
         return
     register()
@@ -175,13 +198,21 @@ def precheck(args: list[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            for job in sets:
+            pending, seen_params = list(sets), False
+            while pending:
+                job = pending.pop(0)
                 try:
                     cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
                 except Exception as error:
                     raise DeepleakError(explain(error)) from None
                 check_types(cfg)
                 validate(cfg)
+                params = OmegaConf.select(cfg, "hydra.sweeper.params") if multirun else None
+                if params and not seen_params:
+                    # A preset's own sweep (hydra.sweeper.params): check each of its values too.
+                    seen_params = True
+                    extra = [f"{key}={value}" for key, value in params.items()]
+                    pending.extend(job_override_sets(job + extra)[1:])
     finally:
         GlobalHydra.instance().clear()
 
@@ -209,6 +240,11 @@ def _accepts(annotation: Any, value: Any) -> bool:
     if origin in (tuple, list, collections.abc.Sequence) or annotation in (tuple, list):
         return isinstance(value, (list, tuple, ListConfig))
     return True
+
+
+# Keys inside a group option that the task handles itself, not the constructor:
+# model.checkpoint (weights loaded after construction), labels.wrong (corrupted labels).
+TASK_KEYS = {"checkpoint": (str, type(None)), "wrong": (int,)}
 
 
 def check_types(cfg: Any, path: str = "") -> None:
@@ -248,13 +284,17 @@ def check_types(cfg: Any, path: str = "") -> None:
         name = f"{path}.{key}" if path else str(key)
         if key.startswith("_") and key.endswith("_"):
             continue
-        if parameters is not None and key not in parameters and key != "checkpoint":
+        if parameters is not None and key not in parameters and key not in TASK_KEYS:
             raise DeepleakError(f"unknown setting '{name}' for {target_name}")
         if name == "hydra" or OmegaConf.is_interpolation(cfg, key) or OmegaConf.is_missing(cfg, key):
             continue
         value = cfg[key]
         if isinstance(value, (DictConfig, ListConfig)):
             check_types(value, name)
+            continue
+        if key in TASK_KEYS and (parameters is None or key not in parameters):
+            if not isinstance(value, TASK_KEYS[key]) or isinstance(value, bool):
+                raise DeepleakError(f"{name} has the wrong type: got {value!r}")
             continue
         if parameters is not None and key in parameters:
             annotation = hints.get(key, parameters[key].annotation)

@@ -1,7 +1,8 @@
 """``deepleak report DIR [DIR ...]``: tables and figures over the jobs of sweeps and runs.
 
 A *job* is any directory under the given paths that holds ``metrics.json`` or a ``status``
-marker (a job that failed before its first trial has no metrics, and is still reported).
+marker (a job that failed before its first trial has no metrics, and is still reported);
+the ``previous-N/`` attempts that ``resume=true`` moved aside are not jobs.
 Jobs are grouped by their Hydra overrides (``.hydra/overrides.yaml``), leaving out
 ``hydra.*``, ``resume``, ``threads`` and ``seed``: jobs that differ only in the seed are
 repeats, and their per-trial records are pooled. Where one job sets a key that another
@@ -170,11 +171,25 @@ def read_job(path: Path) -> Job:
     return Job(path, status, error, overrides, choices, config if isinstance(config, dict) else {}, metrics)
 
 
+def _numbered(name: str, stem: str) -> bool:
+    """``stem`` or ``stem-N``."""
+    head, _, tail = name.partition("-")
+    return head == stem and (not tail or tail.isdigit())
+
+
+def _skipped_dir(name: str) -> bool:
+    """Not searched for jobs: Hydra's record, images, reports this module wrote
+    (``report``, ``report-N``) and the unfinished attempts a resumed sweep moved aside
+    (``previous-N``, see :func:`deepleak.runs.archive_previous`): the rerun replaces them."""
+    return name in (".hydra", "images") or _numbered(name, REPORT_NAME) or (
+        name.startswith("previous-") and _numbered(name, "previous"))
+
+
 def find_jobs(paths: Iterable[str | Path]) -> list[Job]:
     """Every job dir under ``paths`` (each path may itself be a job), in path order.
 
-    A job dir holds ``metrics.json`` or ``status``. ``.hydra``, ``images`` and earlier
-    ``report*`` dirs are not searched.
+    A job dir holds ``metrics.json`` or ``status``; see :func:`_skipped_dir` for the
+    folders that are not searched.
     """
     found: dict[Path, None] = {}
     for root in paths:
@@ -182,10 +197,7 @@ def find_jobs(paths: Iterable[str | Path]) -> list[Job]:
         if not root.is_dir():
             raise DeepleakError(f"no such directory: {root}")
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(
-                d for d in dirnames
-                if d not in (".hydra", "images") and not d.startswith(REPORT_NAME)
-            )
+            dirnames[:] = sorted(d for d in dirnames if not _skipped_dir(d))
             if METRICS_FILE in filenames or STATUS_FILE in filenames:
                 found.setdefault(Path(dirpath).resolve(), None)
     return [read_job(p) for p in found]
@@ -547,7 +559,7 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
           "pooled over its jobs (seeds). `-`: the metric does not apply; `absent`: not computed.", "",
           table]
     if reasons:
-        md += ["Why LPIPS is absent: " + "; ".join(sorted(reasons)), ""]
+        md += [" ".join(sorted(reasons)), ""]  # each says "LPIPS absent: <why>" or "LPIPS not computed: ..."
     if figures or montages or figure_note:
         md += ["## Figures", ""]
         md += [figure_note] if figure_note else []

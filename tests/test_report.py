@@ -93,7 +93,7 @@ def test_failed_job_is_listed_not_dropped(sweep):
     failed = [r for r in read_csv(folder) if r["failed"] == "1"]
     assert [(r["batch_size"], r["distribution"], r["n"], r["psnr_mean_mean"]) for r in failed] == [("10", "random", "0", "")]
     md = (folder / "report.md").read_text()
-    assert "| 10 | random | 0 |  | 1 failed | - | - | - | - | - |" in md
+    assert "| 10 | random | 0 | 0 | 1 failed | - | - | - | - | - |" in md  # seed from its config
     section = md[md.index("## Jobs not done"):]
     assert "| ../4 | batch_size=10, distribution=random | failed | 0 | the random distribution is unhappy |" in section
     assert "second line" not in section
@@ -184,3 +184,19 @@ def test_report_of_a_real_sweep(deepleak, tmp_path):
     assert float(rows[1]["psnr_mean_mean"]) == pytest.approx(summary["mean"])
     assert float(rows[1]["psnr_mean_std"]) == pytest.approx(summary["std"])
     assert (folder / "montage.png").stat().st_size > 1000
+
+
+def test_only_report_dirs_are_skipped(tmp_path):
+    make_job(tmp_path / "reports_2026" / "0", ["batch_size=2"], label_accuracy=[1.0])
+    make_job(tmp_path / "report" / "0", ["batch_size=3"], label_accuracy=[1.0])  # looks like an old report
+    rows = read_csv(rep.report([tmp_path]))
+    assert [r["n"] for r in rows] == ["1"]
+    assert (tmp_path / "report-1" / "report.csv").is_file()
+
+
+def test_attempts_moved_aside_by_resume_are_not_jobs(tmp_path):
+    job = make_job(tmp_path / "0", ["batch_size=2"], label_accuracy=[1.0, 1.0])
+    (job / "previous-1").mkdir()
+    (job / "previous-1" / "metrics.json").write_text(json.dumps({"trials": 2, "trials_done": 1, "per_trial": [{"label_accuracy": 0.0}]}))
+    rows = read_csv(rep.report([tmp_path]))
+    assert [(r["n"], r["label_accuracy_mean"]) for r in rows] == [("2", "1.0")]

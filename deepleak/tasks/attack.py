@@ -63,7 +63,10 @@ def trial_seeds(seed: int, trial: int) -> dict[str, int]:
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every configured object once (errors surface before any attack work)."""
-    objects = {name: make(cfg[name]) for name in ("dataset", "distribution", "scenario", "labels", "attack")}
+    objects = {name: make(cfg[name]) for name in ("dataset", "distribution", "scenario", "attack")}
+    labels_cfg = OmegaConf.to_container(cfg.labels, resolve=True)
+    objects["wrong_labels"] = int(labels_cfg.pop("wrong", 0))
+    objects["labels"] = make(labels_cfg)
     if getattr(objects["labels"], "uses_truth", False):
         log.warning("labels=oracle: the attack is given the TRUE labels (an upper bound, not an attack)")
     return objects
@@ -89,6 +92,8 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     started = time.perf_counter()
     restored = label_method.restore(observation)
     label_seconds = time.perf_counter() - started
+    if objects["wrong_labels"]:
+        restored = make_wrong(restored, objects["wrong_labels"], dataset.num_classes, rng)
     reconstruction = attack.reconstruct(observation, restored.to(device), seed=seeds["attack"])
 
     # --- metrics: the only place the truth is used again -----------------------------
@@ -133,6 +138,20 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     return record
 
 
+def make_wrong(labels: torch.Tensor, count: int, num_classes: int, rng: np.random.Generator) -> torch.Tensor:
+    """Replace ``count`` of the restored labels by other classes (``labels.wrong``): the
+    paper's claim that one wrong label breaks image restoration, made measurable."""
+    if not 0 <= count <= len(labels):
+        raise DeepleakError(f"labels.wrong must be between 0 and batch_size ({len(labels)}), got {count}")
+    if num_classes < 2:
+        raise DeepleakError("labels.wrong needs at least two classes")
+    labels = labels.clone()
+    for position in rng.choice(len(labels), size=count, replace=False):
+        others = [c for c in range(num_classes) if c != int(labels[position])]
+        labels[position] = int(rng.choice(others))
+    return labels
+
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation over trials of every scalar metric that is present."""
     summary: dict[str, Any] = {}
@@ -155,6 +174,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "scenario": objects["scenario"].name,
         "labels": objects["labels"].name,
         "oracle_labels": bool(getattr(objects["labels"], "uses_truth", False)),
+        "wrong_labels": objects["wrong_labels"],
         "attack": OmegaConf.select(cfg, "attack._target_"),
         "dataset": type(objects["dataset"]).__name__,
         "num_classes": objects["dataset"].num_classes,
