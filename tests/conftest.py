@@ -4,6 +4,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use one torch thread: on a 2-core machine shared with other processes,
+    oversubscribed torch threads run small models many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture
