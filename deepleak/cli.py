@@ -23,6 +23,7 @@ from deepleak.runs import archive_previous, find_sweep, is_complete, record_atte
 log = logging.getLogger("deepleak")
 
 USAGE = """usage: deepleak attack [OVERRIDE ...] [-m]
+       deepleak train [OVERRIDE ...]
        deepleak report DIR [DIR ...] [--out PATH]
 
   deepleak attack                         FedSGD on the embedded sample set
@@ -31,6 +32,7 @@ USAGE = """usage: deepleak attack [OVERRIDE ...] [-m]
   deepleak attack -m batch_size=1,2,4     (a sweep)
   deepleak attack --cfg job               (print the composed config)
   deepleak attack --help                  (all config groups and options)
+  deepleak train model=resnet18 epochs=5  (a trained victim: checkpoint.pt in its run dir)
   deepleak report outputs/multirun/<date>/<time>   (tables and figures of a sweep)
 """
 
@@ -46,6 +48,8 @@ def with_default_scenario(overrides: list[str]) -> list[str]:
     result, given = [], False
     for item in overrides:
         key = item.split("=", 1)[0]
+        if key.lstrip("+") == "experiment" and "=" in item and experiment_sets_scenario(item.split("=", 1)[1]):
+            given = True
         if key in SCENARIO_KEYS:
             given = True
             if key == "scenario":
@@ -54,6 +58,24 @@ def with_default_scenario(overrides: list[str]) -> list[str]:
     if not given:
         result.append("+scenario=fedsgd")
     return result
+
+
+def experiment_sets_scenario(names: str) -> bool:
+    """Whether the preset(s) ``names`` (``a`` or a sweep ``a,b``) choose a scenario themselves
+    (a ``/scenario: ...`` entry in their defaults list)."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from deepleak.config import config_dir  # noqa: PLC0415
+
+    for name in names.split(","):
+        path = config_dir() / "experiment" / f"{name.strip()}.yaml"
+        if path.is_file():
+            for entry in OmegaConf.load(path).get("defaults", []):
+                keys = entry.keys() if OmegaConf.is_dict(entry) else []
+                # "/scenario: fedavg" or "override /scenario: fedavg"
+                if any(str(key).split()[-1].lstrip("/") == "scenario" for key in keys):
+                    return True
+    return False
 
 
 def fail(message: str) -> None:
@@ -80,7 +102,7 @@ def run_job(task, cfg: DictConfig) -> None:
     goes on; a single run exits with code 2.
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.resume and is_complete(run_dir, cfg.trials):
+    if cfg.get("resume") and is_complete(run_dir, cfg.trials):
         record_attempt(run_dir, "skipped: complete")
         log.info("resume: %s is complete; skipped", run_dir)
         return
@@ -107,23 +129,29 @@ def run_job(task, cfg: DictConfig) -> None:
     set_status(run_dir, "done")
 
 
-def attack_command(args: list[str]) -> None:
+def launch(command: str, config_name: str, task, validate, args: list[str]) -> None:
+    """Check the command line (one line and exit 2 on a user error), then run ``task`` as
+    the Hydra app of ``conf/<config_name>.yaml``, one status-marked job per run."""
     from deepleak.config import precheck  # noqa: PLC0415
-    from deepleak.tasks.attack import run  # noqa: PLC0415
 
-    overrides = with_default_scenario(args)
     try:
-        precheck(overrides)
+        precheck(args, config_name=config_name, validate=validate, command=command)
     except DeepleakError as error:
         fail(str(error))
-    overrides = resume_target(overrides)
 
-    @hydra.main(version_base=None, config_path="pkg://deepleak_conf", config_name="config")
+    @hydra.main(version_base=None, config_path="pkg://deepleak_conf", config_name=config_name)
     def app(cfg: DictConfig) -> None:
-        run_job(run, cfg)
+        run_job(task, cfg)
 
-    sys.argv = ["deepleak attack", *overrides]
+    sys.argv = [f"deepleak {command}", *args]
     app()
+
+
+def attack_command(args: list[str]) -> None:
+    from deepleak.tasks.attack import run, validate  # noqa: PLC0415
+
+    overrides = with_default_scenario(args)
+    launch("attack", "config", run, validate, resume_target(overrides))
     report_failed_jobs(overrides)
 
 
@@ -179,7 +207,15 @@ def report_command(args: list[str]) -> None:
     report_main(args)
 
 
-COMMANDS = {"attack": attack_command, "report": report_command}
+def train_command(args: list[str]) -> None:
+    from deepleak.tasks.train import run, validate  # noqa: PLC0415
+    from deepleak.train_config import register_train  # noqa: PLC0415
+
+    register_train()
+    launch("train", "train", run, validate, args)
+
+
+COMMANDS = {"attack": attack_command, "train": train_command, "report": report_command}
 
 
 def main(argv: list[str] | None = None) -> None:

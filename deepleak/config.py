@@ -94,7 +94,7 @@ def unique_dir(base: str) -> str:
     raise RuntimeError(f"could not reserve a run dir under {parent}")
 
 
-def explain(error: BaseException) -> str:
+def explain(error: BaseException, command: str = "attack") -> str:
     """One sentence for a config error raised by Hydra or OmegaConf."""
     text = str(error)
     cause = error.__cause__ or error.__context__
@@ -117,7 +117,7 @@ def explain(error: BaseException) -> str:
     if match:
         key = re.search(r"full_key: (\S+)", full)
         name = key.group(1) if key else match.group(1)
-        return f"unknown config key '{name}' (check its spelling; `deepleak attack --cfg job` lists all keys)"
+        return f"unknown config key '{name}' (check its spelling; `deepleak {command} --cfg job` lists all keys)"
     match = re.search(r"Value '([^']*)' (?:of type '[^']+' )?could not be converted to (\w+)", full)
     if match:
         key = re.search(r"full_key: (\S+)", full)
@@ -178,14 +178,16 @@ def job_override_sets(overrides: list[str]) -> list[list[str]]:
     return sets
 
 
-def precheck(args: list[str]) -> None:
-    """Compose the config for every job the command line asks for and validate it, so a
-    typo, an unknown option or a wrong type stops the command before any work."""
+def precheck(args: list[str], config_name: str = "config", validate: Any = None, command: str = "attack") -> None:
+    """Compose ``config_name`` for every job the command line asks for, check every
+    ``_target_`` node against its constructor and run ``validate(cfg)`` (default: the attack
+    task's), so a typo, an unknown option or a wrong type stops the command before any work."""
     from hydra import compose, initialize_config_dir  # noqa: PLC0415
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
 
     from deepleak.errors import DeepleakError  # noqa: PLC0415
-    from deepleak.tasks.attack import validate  # noqa: PLC0415
+    if validate is None:
+        from deepleak.tasks.attack import validate  # noqa: PLC0415
 
     overrides, multirun, skip = split_flags(args)
     if skip:
@@ -194,7 +196,7 @@ def precheck(args: list[str]) -> None:
     try:
         sets = job_override_sets(overrides)
     except Exception as error:
-        raise DeepleakError(f"cannot parse the overrides: {explain(error)}") from None
+        raise DeepleakError(f"cannot parse the overrides: {explain(error, command)}") from None
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
@@ -202,9 +204,9 @@ def precheck(args: list[str]) -> None:
             while pending:
                 job = pending.pop(0)
                 try:
-                    cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
+                    cfg = compose(config_name=config_name, overrides=job, return_hydra_config=True)
                 except Exception as error:
-                    raise DeepleakError(explain(error)) from None
+                    raise DeepleakError(explain(error, command)) from None
                 check_types(cfg)
                 validate(cfg)
                 params = OmegaConf.select(cfg, "hydra.sweeper.params") if multirun else None

@@ -18,7 +18,7 @@ import torch
 
 from deepleak import metrics
 from deepleak.data import SampleDataset
-from deepleak.data.distributions import Random
+from deepleak.data.distributions import Random, Unique
 from deepleak.labels import ZeroShot
 from deepleak.labels.fedavg import Interpolated, Simulated
 from deepleak.models import build_model
@@ -47,12 +47,18 @@ def main() -> None:
     parser.add_argument("--lrs", default="0.1,0.01,0.001")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--b", type=int, default=4)
+    parser.add_argument("--width", type=int, default=12)
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--distribution", default="random", choices=["random", "unique"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = args.methods.split(",")
-    dataset = SampleDataset(num_classes=20, resolution=32)
-    model_cfg = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}
-    print(f"N={args.n} B={args.b}, LeNet-12, 20 classes, {args.clients} clients per point; label accuracy")
+    classes = args.classes
+    dataset = SampleDataset(num_classes=classes, resolution=32)
+    distribution = Random() if args.distribution == "random" else Unique()
+    model_cfg = {"_target_": "deepleak.models.LeNet", "width": args.width, "activation_fn": "sigmoid", "init_scale": 0.5}
+    print(f"N={args.n} B={args.b}, LeNet-{args.width}, {classes} classes, {args.distribution} labels, "
+          f"{args.clients} clients per point; label accuracy")
     print("| eta | E | T | " + " | ".join(names) + " | prototype pseudo / start-end |")
     print("|---|---|---|" + "---|" * len(names) + "---|")
     for lr in [float(x) for x in args.lrs.split(",")]:
@@ -63,14 +69,14 @@ def main() -> None:
             for client in range(args.clients):
                 seeds = trial_seeds(0, client)
                 rng = np.random.default_rng(seeds["batch"])
-                indices = Random().sample(dataset.targets, 20, args.n, rng)
+                indices = distribution.sample(dataset.targets, classes, args.n, rng)
                 images, labels = dataset.batch(indices)
-                model = build_model(model_cfg, 20, (3, 32, 32), seeds["model"])
-                observation = scenario.observe(model, PrivateBatch(images, labels), 20)
+                model = build_model(model_cfg, classes, (3, 32, 32), seeds["model"])
+                observation = scenario.observe(model, PrivateBatch(images, labels), classes)
                 for name in names:
                     restored = METHODS[name]().restore(observation)
                     assert len(restored) == args.n
-                    scores[name].append(metrics.label_accuracy(restored, labels, 20))
+                    scores[name].append(metrics.label_accuracy(restored, labels, classes))
             proto = PROTOTYPE.get((lr, epochs), (float("nan"),) * 2)
             cells = " | ".join(f"{np.mean(scores[n]):.3f}" for n in names)
             print(f"| {lr:g} | {epochs} | {scenario.epochs * -(-args.n // args.b)} | {cells} | "

@@ -44,7 +44,7 @@ def test_a_failed_run_is_marked_failed_with_its_reason(deepleak, tmp_path):
 def test_unknown_command(deepleak):
     result = deepleak("atack")
     assert result.returncode == 2
-    assert result.stderr.strip() == "deepleak: error: unknown command 'atack'; available: attack, report"
+    assert result.stderr.strip() == "deepleak: error: unknown command 'atack'; available: attack, train, report"
 
 
 def test_a_run_writes_everything_into_its_dir(deepleak, tmp_path):

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from deepleak.config import check_types, config_dir, make

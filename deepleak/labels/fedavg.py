@@ -200,9 +200,12 @@ class Simulated:
 
         S_n = -lambda_n w + (N - lambda_n) r_n   =>   lambda_n = (N r_n - S_n) / (w + r_n).
 
-    w and r_n come from replaying the recipe (E, B, eta, BN mode) from W_0 on
-    ``num_dummies`` x ``repeats`` uniform dummy inputs labelled with the current estimate
-    (the pseudo-gradient's zero-shot labels first), ``iterations`` times. At one step with
+    w and r_n come from replaying the recipe (E, B, eta, BN mode) from W_0 on ``repeats``
+    sets of N uniform dummy inputs labelled with the current estimate (the Interpolated
+    estimate first), ``iterations`` times (passes after the second are damped by ``damping``).
+    With the true labels in the simulation this is near exact (measured: 1.0 label accuracy
+    at E = 10, eta = 0.01 and 0.1 on the grid of scripts/fedavg_labels.py); from a wrong start
+    the fixed-point iteration can stall on a self-consistent wrong label set. At one step with
     an untrained model this is the zero-shot formula; as the client fits its samples, their
     p_y rises and w shrinks, which is what the dummy statistics of the other estimates miss.
     """
@@ -211,8 +214,9 @@ class Simulated:
 
     def __init__(
         self,
-        iterations: int = 2,
-        repeats: int = 4,
+        iterations: int = 4,
+        repeats: int = 2,
+        damping: float = 0.5,
         rounding: str = "largest_remainder",
         seed: int = 0,
     ) -> None:
@@ -220,11 +224,14 @@ class Simulated:
             raise DeepleakError(f"labels.iterations must be >= 1, got {iterations}")
         if repeats < 1:
             raise DeepleakError(f"labels.repeats must be >= 1, got {repeats}")
+        if not 0 <= damping < 1:
+            raise DeepleakError(f"labels.damping must be in [0, 1), got {damping}")
         self.iterations = int(iterations)
         self.repeats = int(repeats)
+        self.damping = float(damping)
         self.rounding = rounding
         self.seed = int(seed)
-        self.first = ZeroShot(seed=seed)
+        self.first = Interpolated(seed=seed)
 
     def profile(self, observation: Observation, labels: torch.Tensor, repeat: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         """(w, push (C,), others (C,)) summed over one simulated client with ``labels`` (N,):
@@ -254,8 +261,8 @@ class Simulated:
         n = observation.recipe.num_samples
         weight_gradient, _ = last_layer_gradient(pseudo)
         s = weight_gradient.sum(dim=1).double().cpu()
-        counts = self.first.counts(pseudo)
-        for _ in range(self.iterations):
+        counts = self.first.counts(observation)
+        for iteration in range(self.iterations):
             labels = counts_to_labels(counts.numpy(), n, self.rounding)
             deficit, push, others = 0.0, torch.zeros_like(s), torch.zeros_like(s)
             for repeat in range(self.repeats):
@@ -263,7 +270,9 @@ class Simulated:
                 deficit, push, others = deficit + d, push + u, others + o
             w = deficit / (n * self.repeats)  # mean fit deficit per sample
             r = push / others.clamp(min=1)  # mean push on class n per sample of another class
-            counts = (n * r - s) / (w + r)
+            update = (n * r - s) / (w + r)
+            # The first two passes jump; later ones are damped (the map can oscillate).
+            counts = update if iteration < 2 else self.damping * counts + (1 - self.damping) * update
             if not torch.isfinite(counts).all():
                 raise DeepleakError("simulated label counts are not finite: the shared weights hold NaN or inf")
         return counts

@@ -15,10 +15,23 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from deepleak.errors import DeepleakError
+from deepleak.models.convnet import ConvNet
 from deepleak.models.lenet import LeNet
+from deepleak.models.mlp import MLP
 from deepleak.models.resnet import ResNet18
+from deepleak.models.resnet_imagenet import ResNet18ImageNet, ResNet50
 
-__all__ = ["LeNet", "ResNet18", "build_model", "classifier", "features_and_logits"]
+__all__ = [
+    "ConvNet",
+    "LeNet",
+    "MLP",
+    "ResNet18",
+    "ResNet18ImageNet",
+    "ResNet50",
+    "build_model",
+    "classifier",
+    "features_and_logits",
+]
 
 
 def build_model(

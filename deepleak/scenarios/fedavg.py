@@ -61,7 +61,7 @@ class FedAvg:
         self,
         batch_size: int = 2,
         epochs: int = 2,
-        lr: float = 0.01,
+        lr: float = 0.0003,
         bn_mode: str = "train",
         shuffle: bool = True,
         seed: int = 0,

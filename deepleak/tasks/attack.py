@@ -39,6 +39,12 @@ def validate(cfg: DictConfig) -> None:
         raise DeepleakError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.trials < 1:
         raise DeepleakError(f"trials must be >= 1, got {cfg.trials}")
+    # FedAvg: the top-level batch_size is the client's N, scenario.batch_size its mini-batch B.
+    local = OmegaConf.select(cfg, "scenario.batch_size", default=None)
+    if isinstance(local, int) and local > cfg.batch_size:
+        raise DeepleakError(
+            f"scenario.batch_size (the local mini-batch B = {local}) must be <= batch_size (the client's N = {cfg.batch_size})"
+        )
     resolve_device(cfg.device)
 
 
@@ -105,6 +111,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         "true_labels": sorted(true_labels.tolist()),
         "restored_labels": restored.tolist(),
         "label_seconds": label_seconds,
+        "local_steps": observation.local_steps,
         **metrics.label_metrics(restored, true_labels, dataset.num_classes),
     }
     if reconstruction is not None:
@@ -122,6 +129,15 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
             stopped_by_budget=reconstruction.stopped_by_budget,
             interrupted=reconstruction.interrupted,
         )
+        epoch_images = getattr(reconstruction, "epoch_images", None)
+        if epoch_images is not None:
+            # FedAvg replay: each epoch's dummies (matched to the output) scored like the output.
+            order = scores["permutation"]
+            record["epoch_psnr"] = [
+                float(np.mean(metrics.psnr(epoch[order].numpy(), private.images.cpu().numpy())))
+                for epoch in epoch_images
+            ]
+            record["epoch_agreement"] = reconstruction.epoch_agreement
         if cfg.save_images:
             paired = reconstruction.images[scores["permutation"]]
             record["images"] = [
@@ -185,7 +201,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "lpips_absent_reason": lpips_metric.absent_reason if lpips_metric else "no image reconstruction",
-        "metadata_leaked": {},
+        "metadata_leaked": dict(getattr(objects["scenario"], "metadata_leaked", {})),
     }
     records = []
     for trial in range(cfg.trials):

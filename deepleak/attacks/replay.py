@@ -1,0 +1,402 @@
+"""Replay: reconstruct a FedAvg client's data by re-running its local training differentiably.
+
+Dimitrov et al., "Data Leakage in Federated Averaging" (TMLR 2022); PAPER.md section 3. The
+attacker simulates the client's E x ceil(N/B) plain-SGD steps from W_0 on dummy images with
+the restored labels (fixed) and minimises the distance between the simulated pseudo-gradient
+(W_0 - W_T^sim) / (eta T) and the observed one (W_0 - W_T) / (eta T), plus image priors.
+
+The batch order is unknown to the server. Handled as in Dimitrov et al.:
+
+- ``mode='shared'``: each dummy image is one variable used once per epoch; every epoch's
+  assignment of dummies to mini-batches is a random permutation drawn from the attack seed
+  (any fixed choice is as good as another for the first epoch, since the dummies are free;
+  for later epochs it is a guess whose error is second order in eta).
+- ``mode='per_epoch'``: every epoch has its own copy of the N dummies (E x N variables), each
+  epoch in its own random assignment, and the *epoch-order-invariant prior* pulls the copies
+  together: every ``realign_every`` evaluations each copy is matched to the consensus by an
+  optimal assignment among images of the same label (Hungarian, on squared distance), and
+  ``epoch_prior`` x mean squared distance of the matched copies to their mean is added. The
+  output is the consensus (mean of the matched copies); ``epoch_agreement`` is the PSNR of
+  each matched copy against it.
+- With ``scenario.leak_metadata=true`` the observation carries the per-step labels; the
+  assignment then follows them (ambiguous only among same-label images).
+
+Memory stays flat in T: the forward pass keeps only the weights at every
+``checkpoint_every``-th step (default ceil(sqrt(T))); the backward pass walks the steps in
+reverse, recomputing each segment's weights and back-propagating through one SGD step at a
+time (a vector-Jacobian product through the step's own double backward). The image gradient
+equals that of the fully unrolled graph (tests/test_fedavg_replay.py checks this).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from deepleak.attacks.inversion import Reconstruction
+from deepleak.errors import DeepleakError
+from deepleak.scenarios.base import Observation, set_bn_mode
+from deepleak.scenarios.fedavg import step_batches
+
+log = logging.getLogger(__name__)
+
+Distance = Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
+Prior = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ReplayReconstruction(Reconstruction):
+    """A Reconstruction plus the replay's per-epoch view.
+
+    ``epoch_images`` (E, N, C, H, W): each epoch's dummies, matched to ``images`` (identical
+    to it in shared mode). ``epoch_agreement``: PSNR in dB of each epoch's matched copy against
+    ``images`` (inf in shared mode). ``weight_distance``: the final distance of the simulated
+    pseudo-gradient to the observed one (same as ``gradient_distance``).
+    """
+
+    epoch_images: torch.Tensor | None = None
+    epoch_agreement: list[float] | None = None
+    mode: str = "shared"
+
+
+class Client:
+    """A differentiable, memory-flat simulation of the client's local SGD.
+
+    ``model`` is run functionally (torch.func.functional_call) with the parameters passed in
+    and its buffers; ``schedule`` is a list of (variable indices (b,), labels (b,)) per step.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float, schedule: list[tuple[torch.Tensor, torch.Tensor]],
+                 checkpoint_every: int = 0) -> None:
+        self.model = model
+        self.names = [name for name, _ in model.named_parameters()]
+        self.buffers = dict(model.named_buffers())
+        self.lr = lr
+        self.schedule = schedule
+        steps = len(schedule)
+        self.checkpoint_every = checkpoint_every or max(1, math.ceil(math.sqrt(steps)))
+
+    def loss(self, weights: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the model with ``weights`` on one mini-batch."""
+        logits = functional_call(self.model, ({**dict(zip(self.names, weights)), **self.buffers}), (images,))
+        return F.cross_entropy(logits, labels)
+
+    def step(self, weights: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
+             create_graph: bool = False) -> list[torch.Tensor]:
+        """One SGD step W - eta * grad L(W; batch)."""
+        gradient = torch.autograd.grad(self.loss(weights, images, labels), weights, create_graph=create_graph)
+        return [w - self.lr * g for w, g in zip(weights, gradient)]
+
+    def _leaf(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [w.detach().requires_grad_(True) for w in weights]
+
+    def run(self, start: list[torch.Tensor], variables: torch.Tensor) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
+        """Final weights and the checkpoints {step: weights before that step}, without a graph."""
+        weights = [w.detach() for w in start]
+        checkpoints: dict[int, list[torch.Tensor]] = {}
+        for t, (indices, labels) in enumerate(self.schedule):
+            if t % self.checkpoint_every == 0:
+                checkpoints[t] = weights
+            weights = [w.detach() for w in self.step(self._leaf(weights), variables[indices].detach(), labels)]
+        return weights, checkpoints
+
+    def backward(self, checkpoints: dict[int, list[torch.Tensor]], variables: torch.Tensor,
+                 adjoint: list[torch.Tensor]) -> torch.Tensor:
+        """d(objective)/d(variables), given ``adjoint`` = d(objective)/d(W_T)."""
+        grad = torch.zeros_like(variables)
+        starts = sorted(checkpoints)
+        for index in reversed(range(len(starts))):
+            first = starts[index]
+            last = starts[index + 1] if index + 1 < len(starts) else len(self.schedule)
+            # Recompute the segment's weights (no graph), then walk it backwards.
+            segment = [checkpoints[first]]
+            for t in range(first, last - 1):
+                indices, labels = self.schedule[t]
+                segment.append([w.detach() for w in self.step(self._leaf(segment[-1]), variables[indices].detach(), labels)])
+            for t in reversed(range(first, last)):
+                indices, labels = self.schedule[t]
+                weights = self._leaf(segment[t - first])
+                images = variables[indices].detach().requires_grad_(True)
+                following = self.step(weights, images, labels, create_graph=True)
+                grads = torch.autograd.grad(following, [*weights, images], grad_outputs=adjoint)
+                adjoint = [g.detach() for g in grads[:-1]]
+                grad.index_add_(0, indices, grads[-1].detach())
+        return grad
+
+    def unrolled(self, start: list[torch.Tensor], variables: torch.Tensor) -> list[torch.Tensor]:
+        """W_T with the whole graph kept (memory linear in T): the reference for tests."""
+        weights = list(start)
+        for indices, labels in self.schedule:
+            weights = self.step(weights, variables[indices], labels, create_graph=True)
+        return weights
+
+
+def make_schedule(labels: torch.Tensor, epochs: int, batch_size: int, generator: torch.Generator,
+                  copies: bool, step_labels: list[list[int]] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per step: (variable indices, labels). Variables are the N dummies (``copies`` False)
+    or E blocks of N (epoch e uses indices e*N .. e*N+N-1). The order is a random permutation
+    per epoch, or follows the leaked ``step_labels`` (T lists) when given."""
+    n = len(labels)
+    schedule = []
+    steps_per_epoch = math.ceil(n / batch_size)
+    for epoch in range(epochs):
+        offset = epoch * n if copies else 0
+        if step_labels is not None:
+            pools: dict[int, list[int]] = {}
+            for i in torch.randperm(n, generator=generator).tolist():
+                pools.setdefault(int(labels[i]), []).append(i)
+            order = []
+            for wanted in step_labels[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]:
+                for label in wanted:
+                    if not pools.get(int(label)):
+                        raise DeepleakError("the leaked per-step labels do not match the restored labels")
+                    order.append(pools[int(label)].pop())
+            order_tensor = torch.as_tensor(order, dtype=torch.int64)
+        else:
+            order_tensor = torch.randperm(n, generator=generator)
+        for chunk in step_batches(order_tensor, batch_size):
+            schedule.append((chunk + offset, labels[chunk]))
+    return schedule
+
+
+def align(copies: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """For each copy (E, N, ...), the permutation (N,) that best matches it to ``reference``
+    (N, ...) among images of the same label (Hungarian on squared distance)."""
+    n = len(labels)
+    same = (labels[:, None] == labels[None, :]).cpu().numpy()
+    perms = []
+    for copy_ in copies:
+        cost = torch.cdist(reference.reshape(n, -1), copy_.reshape(n, -1)).pow(2).cpu().numpy()
+        cost = np.where(same, cost, 1e12)
+        rows, cols = linear_sum_assignment(cost)
+        perm = np.empty(n, dtype=np.int64)
+        perm[rows] = cols
+        perms.append(torch.as_tensor(perm, device=copies.device))
+    return perms
+
+
+def psnr_db(x: torch.Tensor, y: torch.Tensor) -> float:
+    mse = float(((x.clamp(0, 1) - y.clamp(0, 1)) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+class Replay:
+    """Minimise ``distance(pseudo-gradient of the replayed client, observed one) + priors``.
+
+    Settings as in GradientInversion (``distance``, ``optimizer``, ``priors``, ``iterations``,
+    ``restarts``, ``box``, ``budget_s``, ``log_every``), plus ``mode`` (shared | per_epoch),
+    ``epoch_prior`` (weight of the epoch-order-invariant prior, per_epoch mode),
+    ``realign_every`` (evaluations between re-matchings of the copies) and
+    ``checkpoint_every`` (steps between stored weights; 0: ceil(sqrt(T))).
+    """
+
+    def __init__(
+        self,
+        distance: Distance,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        priors: Mapping[str, Prior] | None = None,
+        iterations: int = 100,
+        restarts: int = 1,
+        mode: str = "shared",
+        epoch_prior: float = 1.0,
+        realign_every: int = 20,
+        checkpoint_every: int = 0,
+        box: bool = False,
+        budget_s: float | None = None,
+        log_every: int = 0,
+    ) -> None:
+        if iterations < 1:
+            raise DeepleakError(f"attack.iterations must be >= 1, got {iterations}")
+        if restarts < 1:
+            raise DeepleakError(f"attack.restarts must be >= 1, got {restarts}")
+        if mode not in ("shared", "per_epoch"):
+            raise DeepleakError(f"attack.mode must be shared or per_epoch, got {mode!r}")
+        if checkpoint_every < 0:
+            raise DeepleakError(f"attack.checkpoint_every must be >= 0 (0: sqrt(T)), got {checkpoint_every}")
+        self.distance = distance
+        self.optimizer = optimizer
+        self.priors = dict(priors or {})
+        self.iterations = int(iterations)
+        self.restarts = int(restarts)
+        self.mode = mode
+        self.epoch_prior = float(epoch_prior)
+        self.realign_every = max(1, int(realign_every))
+        self.checkpoint_every = int(checkpoint_every)
+        self.box = box
+        self.budget_s = budget_s
+        self.log_every = log_every
+
+    # ------------------------------------------------------------------ the objective
+    def weight_distance(self, client: Client, start: list[torch.Tensor], variables: torch.Tensor,
+                        target: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
+        """(distance of the simulated pseudo-gradient to ``target``, its gradient w.r.t. the variables)."""
+        end, checkpoints = client.run(start, variables)
+        end = [w.requires_grad_(True) for w in end]
+        scale = 1.0 / (client.lr * len(client.schedule))
+        distance = self.distance([(s - e) * scale for s, e in zip(start, end)], target)
+        adjoint = [g.detach() for g in torch.autograd.grad(distance, end)]
+        return float(distance.detach()), client.backward(checkpoints, variables, adjoint)
+
+    def _prior(self, variables: torch.Tensor, labels: torch.Tensor, epochs: int,
+               perms: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image priors + epoch prior, consensus images (N, ...)); keeps the graph to ``variables``."""
+        n = len(labels)
+        if self.mode == "shared":
+            consensus = variables
+            total = sum((prior(variables) for prior in self.priors.values()), variables.new_zeros(()))
+            return total, consensus
+        copies = variables.reshape(epochs, n, *variables.shape[1:])
+        matched = torch.stack([c[p] for c, p in zip(copies, perms)])
+        consensus = matched.mean(dim=0)
+        total = sum((prior(variables) for prior in self.priors.values()), variables.new_zeros(()))
+        if self.epoch_prior:
+            total = total + self.epoch_prior * ((matched - consensus) ** 2).mean()
+        return total, consensus
+
+    # ------------------------------------------------------------------ the attack
+    def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> ReplayReconstruction:
+        """Reconstruct the N images behind ``observation.weights`` given N restored ``labels``."""
+        if observation.weights is None:
+            raise DeepleakError(f"the replay attack needs shared weights (+scenario=fedavg), got {observation.scenario}")
+        recipe = observation.recipe
+        n, epochs = recipe.num_samples, recipe.epochs
+        if len(labels) != n:
+            raise DeepleakError(f"the replay attack needs {n} labels, got {len(labels)}")
+        model = set_bn_mode(copy.deepcopy(observation.model), recipe.bn_mode)
+        device = next(model.parameters()).device
+        start = [p.detach() for p in model.parameters()]
+        target = [g.to(device) for g in observation.gradient_view().gradient]
+        labels = labels.to(device)
+        generator = torch.Generator().manual_seed(seed)
+        step_labels = observation.metadata.get("step_labels")
+        copies = self.mode == "per_epoch"
+        shape = (n, *recipe.image_shape)
+        begin = time.perf_counter()
+        deadline = begin + self.budget_s if self.budget_s else math.inf
+
+        best = None
+        distances: list[float] = []
+        evaluations = iterations_done = nonfinite = 0
+        stopped = False
+        for restart in range(self.restarts):
+            if time.perf_counter() >= deadline:
+                stopped = True
+                break
+            schedule = [(i.to(device), y) for i, y in
+                        make_schedule(labels, epochs, recipe.batch_size, generator, copies, step_labels)]
+            client = Client(model, recipe.lr, schedule, self.checkpoint_every)
+            init = torch.rand(shape, generator=generator).to(device)
+            variables = (init.repeat(epochs, 1, 1, 1) if copies else init).requires_grad_(True)
+            result = self._run_restart(client, start, variables, labels, epochs, target, deadline, restart)
+            evaluations += result["evaluations"]
+            iterations_done += result["iterations"]
+            stopped = stopped or result["stopped"]
+            nonfinite += int(result["nonfinite"])
+            distances.append(result["distance"])
+            if best is None or result["distance"] < best["distance"]:
+                best = {**result, "restart": restart}
+        assert best is not None
+        return ReplayReconstruction(
+            images=best["images"].clamp(0, 1).cpu(),
+            labels=labels.cpu(),
+            gradient_distance=best["distance"],
+            restart_distances=distances,
+            best_restart=best["restart"],
+            iterations=iterations_done,
+            evaluations=evaluations,
+            seconds=time.perf_counter() - begin,
+            nonfinite_restarts=nonfinite,
+            stopped_by_budget=stopped,
+            history=best["history"],
+            epoch_images=best["epoch_images"].clamp(0, 1).cpu(),
+            epoch_agreement=best["agreement"],
+            mode=self.mode,
+        )
+
+    def _run_restart(self, client, start, variables, labels, epochs, target, deadline, restart) -> dict:
+        optimizer = self.optimizer([variables])
+        n = len(labels)
+        state = {"evaluations": 0, "distance": math.inf, "perms": None}
+        history: list[float] = []
+
+        def perms() -> list[torch.Tensor] | None:
+            if self.mode == "shared":
+                return None
+            if state["perms"] is None or state["evaluations"] % self.realign_every == 0:
+                with torch.no_grad():
+                    copies = variables.detach().reshape(epochs, n, *variables.shape[1:])
+                    reference = copies[0] if state["perms"] is None else torch.stack(
+                        [c[p] for c, p in zip(copies, state["perms"])]).mean(0)
+                    state["perms"] = align(copies, reference, labels)
+            return state["perms"]
+
+        def closure() -> torch.Tensor:
+            distance, grad = self.weight_distance(client, start, variables, target)
+            prior, _ = self._prior(variables, labels, epochs, perms())
+            prior_grad = torch.autograd.grad(prior, [variables], allow_unused=True)[0] if prior.requires_grad else None
+            variables.grad = grad if prior_grad is None else grad + prior_grad
+            state["evaluations"] += 1
+            state["distance"] = distance
+            return torch.as_tensor(distance + float(prior.detach()))
+
+        progress = tqdm(range(self.iterations), desc=f"replay restart {restart}", leave=False, disable=None)
+        done = 0
+        nonfinite = stopped = False
+        last_finite = variables.detach().clone()
+        for step in progress:
+            if time.perf_counter() >= deadline:
+                stopped = True
+                break
+            loss = optimizer.step(closure)
+            if not (math.isfinite(float(loss)) and bool(torch.isfinite(variables).all())):
+                nonfinite = True
+                log.warning("replay restart %d diverged at step %d; keeping its last finite iterate", restart, step)
+                with torch.no_grad():
+                    variables.copy_(last_finite)
+                break
+            if self.box:
+                with torch.no_grad():
+                    variables.clamp_(0, 1)
+            last_finite = variables.detach().clone()
+            done = step + 1
+            history.append(state["distance"])
+            progress.set_postfix(distance=f"{state['distance']:.3g}")
+            if self.log_every and done % self.log_every == 0:
+                log.info("replay restart %d step %d: weight distance %.4g", restart, done, state["distance"])
+        progress.close()
+        final = variables.detach()
+        distance, _ = self.weight_distance(client, start, final, target)
+        evaluations = state["evaluations"] + 1
+        with torch.no_grad():
+            if self.mode == "per_epoch":
+                copies = final.reshape(epochs, n, *final.shape[1:])
+                state["perms"], state["evaluations"] = None, 0  # re-match the final copies
+                matched = torch.stack([c[p] for c, p in zip(copies, perms())])
+                images = matched.mean(0)
+                agreement = [psnr_db(m, images) for m in matched]
+            else:
+                images = final.clone()
+                matched = images.unsqueeze(0).repeat(epochs, 1, 1, 1, 1)
+                agreement = [math.inf] * epochs
+        return {
+            "images": images,
+            "epoch_images": matched,
+            "agreement": agreement,
+            "distance": distance if math.isfinite(distance) else math.inf,
+            "iterations": done,
+            "evaluations": evaluations,
+            "nonfinite": nonfinite,
+            "stopped": stopped,
+            "history": history,
+        }
