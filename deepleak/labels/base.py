@@ -47,7 +47,9 @@ def counts_to_labels(counts: np.ndarray | torch.Tensor, total: int, rule: str = 
     counts = np.asarray(counts, dtype=np.float64)
     if not np.all(np.isfinite(counts)):
         raise DeepleakError("label counts are not finite: the shared update holds NaN or inf")
-    counts = np.clip(counts, 0.0, None)
+    # No class can hold more than ``total`` samples; the bound also keeps the loops below
+    # short when an ill-conditioned method returns huge counts.
+    counts = np.clip(counts, 0.0, float(total))
     if rule == "largest_remainder":
         integer = np.floor(counts)
     elif rule == "round":
@@ -56,22 +58,18 @@ def counts_to_labels(counts: np.ndarray | torch.Tensor, total: int, rule: str = 
         raise DeepleakError(f"unknown rounding rule {rule!r}; choose largest_remainder or round")
     error = counts - integer  # > 0: the class deserves more; < 0: less
     missing = total - int(integer.sum())
-    if missing > 0:
-        # Classes that were rounded down the most get the missing units first; one class
-        # can take several units when the deficit is large.
-        order = np.argsort(-error, kind="stable")
-        for step in range(missing):
-            integer[order[step % len(order)]] += 1
-    elif missing < 0:
-        order = [c for c in np.argsort(error, kind="stable")]
-        removed = 0
-        while removed < -missing:
-            for c in order:
-                if removed == -missing:
-                    break
-                if integer[c] > 0:
-                    integer[c] -= 1
-                    removed += 1
+    # Each round gives (or takes) at most one unit per class, in the order of the rounding
+    # error, so one class can take several units when the deficit is large.
+    while missing > 0:
+        order = np.argsort(-error, kind="stable")[:missing]
+        integer[order] += 1
+        error[order] -= 1
+        missing -= len(order)
+    while missing < 0:
+        candidates = [c for c in np.argsort(error, kind="stable") if integer[c] > 0][:-missing]
+        integer[candidates] -= 1
+        error[candidates] += 1
+        missing += len(candidates)
     labels = np.repeat(np.arange(len(integer)), integer.astype(np.int64))
     assert len(labels) == total, (len(labels), total)
     return torch.as_tensor(labels, dtype=torch.int64)
