@@ -91,20 +91,22 @@ class GradientInversion:
         self.budget_s = budget_s
         self.log_every = log_every
 
-    def objective(
-        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, target: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total loss, gradient distance) for candidate ``images``; both keep the graph."""
+    def matching_distance(self, model, images: torch.Tensor, labels: torch.Tensor, target) -> torch.Tensor:
+        """Distance between the candidate's gradient at ``model`` and ``target``; keeps the graph."""
         loss = F.cross_entropy(model(images), labels)
         candidate = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
-        distance = self.distance(list(candidate), target)
+        return self.distance(list(candidate), target)
+
+    def objective(self, model, images: torch.Tensor, labels: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, gradient distance) for candidate ``images``; both keep the graph."""
+        distance = self.matching_distance(model, images, labels, target)
         total = distance
         for prior in self.priors.values():
             total = total + prior(images)
         return total, distance
 
-    def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> Reconstruction:
-        """Reconstruct the K images behind ``observation.gradient`` given K ``labels``."""
+    def prepare(self, observation: Observation) -> tuple[torch.nn.Module, list[torch.Tensor], torch.device]:
+        """(model, target, device) that :meth:`matching_distance` works on."""
         # FedAvg: the weight difference, scaled, stands in for one gradient at W_0 (the
         # paper's simple route); FedSGD observations are returned unchanged.
         observation = observation.gradient_view()
@@ -113,7 +115,11 @@ class GradientInversion:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         device = next(model.parameters()).device
-        target = [g.to(device) for g in observation.gradient]
+        return model, [g.to(device) for g in observation.gradient], device
+
+    def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> Reconstruction:
+        """Reconstruct the K images behind ``observation`` given K ``labels``."""
+        model, target, device = self.prepare(observation)
         labels = labels.to(device)
         shape = (len(labels), *observation.recipe.image_shape)
         generator = torch.Generator().manual_seed(seed)

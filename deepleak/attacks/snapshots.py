@@ -11,13 +11,9 @@ GradientInversion's optimiser loop, restarts and budget.
 from __future__ import annotations
 
 import copy
-import math
-import time
-
 import torch
-import torch.nn.functional as F
 
-from deepleak.attacks.inversion import GradientInversion, Reconstruction
+from deepleak.attacks.inversion import GradientInversion
 from deepleak.errors import DeepleakError
 from deepleak.labels.fedavg import with_weights
 from deepleak.scenarios.base import Observation, set_bn_mode
@@ -43,58 +39,20 @@ def segments(observation: Observation) -> list[tuple[tuple[torch.Tensor, ...], l
 class SnapshotInversion(GradientInversion):
     """GradientInversion over every snapshot segment jointly (same settings)."""
 
-    def objective(self, model, images, labels, target):
-        """(total loss, summed gradient distance); ``model`` and ``target`` are per-segment lists."""
+    def matching_distance(self, model, images, labels, target):
+        """Summed gradient distance; ``model`` and ``target`` are per-segment lists."""
         distance = images.new_zeros(())
         for segment_model, segment_target in zip(model, target):
-            loss = F.cross_entropy(segment_model(images), labels)
-            candidate = torch.autograd.grad(loss, list(segment_model.parameters()), create_graph=True)
-            distance = distance + self.distance(list(candidate), segment_target)
-        total = distance
-        for prior in self.priors.values():
-            total = total + prior(images)
-        return total, distance
+            distance = distance + super().matching_distance(segment_model, images, labels, segment_target)
+        return distance
 
-    def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> Reconstruction:
-        """Reconstruct the N images behind the snapshots and W_T given N ``labels``."""
-        parts = segments(observation)
+    def prepare(self, observation: Observation):
+        """(per-segment models, per-segment pseudo-gradients, device)."""
         models, targets = [], []
-        for weights, gradient in parts:
+        for weights, gradient in segments(observation):
             segment_model = set_bn_mode(with_weights(copy.deepcopy(observation.model), weights), observation.recipe.bn_mode)
             for parameter in segment_model.parameters():
                 parameter.requires_grad_(True)
             models.append(segment_model)
-            device = next(segment_model.parameters()).device
-            targets.append([g.to(device) for g in gradient])
-        device = next(models[0].parameters()).device
-        labels = labels.to(device)
-        shape = (len(labels), *observation.recipe.image_shape)
-        generator = torch.Generator().manual_seed(seed)
-        start = time.perf_counter()
-        deadline = start + self.budget_s if self.budget_s else math.inf
-        best, distances = None, []
-        evaluations = iterations_done = nonfinite = 0
-        stopped = interrupted = False
-        for restart in range(self.restarts):
-            if interrupted:
-                break
-            if time.perf_counter() >= deadline:
-                stopped = True
-                break
-            images = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
-            result = self._run_restart(models, images, labels, targets, deadline, restart)
-            evaluations += result["evaluations"]
-            iterations_done += result["iterations"]
-            stopped = stopped or result["stopped"]
-            nonfinite += int(result["nonfinite"])
-            interrupted = bool(result.get("interrupted", False))
-            distances.append(result["distance"])
-            if best is None or result["distance"] < best[0]:
-                best = (result["distance"], restart, result["images"], result["history"])
-        assert best is not None
-        return Reconstruction(
-            images=best[2].clamp(0, 1).cpu(), labels=labels.cpu(), gradient_distance=best[0],
-            restart_distances=distances, best_restart=best[1], iterations=iterations_done,
-            evaluations=evaluations, seconds=time.perf_counter() - start, nonfinite_restarts=nonfinite,
-            stopped_by_budget=stopped, interrupted=interrupted, history=best[3],
-        )
+            targets.append([g.to(next(segment_model.parameters()).device) for g in gradient])
+        return models, targets, next(models[0].parameters()).device
