@@ -80,6 +80,8 @@ class GradientInversion:
             raise DeepleakError(f"attack.iterations must be >= 1, got {iterations}")
         if restarts < 1:
             raise DeepleakError(f"attack.restarts must be >= 1, got {restarts}")
+        if budget_s is not None and budget_s <= 0:
+            raise DeepleakError(f"attack.budget_s must be > 0 seconds (or null), got {budget_s}")
         self.distance = distance
         self.optimizer = optimizer
         self.priors = dict(priors or {})
