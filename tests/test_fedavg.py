@@ -20,13 +20,6 @@ LENET = {"_target_": "deepleak.models.LeNet", "width": 8, "activation_fn": "sigm
 RESNET = {"_target_": "deepleak.models.ResNet18", "width": 4, "activation_fn": "sigmoid"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _batch(n, classes, shape=(3, 16, 16), seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -5,20 +5,12 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from deepleak.errors import DeepleakError
 from deepleak.tasks.attack import run, validate
 
 SMALL = ("+scenario=fedavg", "model.width=8", "dataset.resolution=16", "save_images=false")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_labels_only_records_recipe_and_leak_switches(compose, tmp_path):

@@ -16,15 +16,6 @@ LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": 
 RESNET_CFG = {"_target_": "deepleak.models.ResNet18", "width": 8, "activation_fn": "sigmoid"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny; torch's intra-op thread pool only adds overhead (and
-    thrashes when the machine is busy), so each test runs on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _batch(k, num_classes, shape=(3, 32, 32), seed=0):
     g = torch.Generator().manual_seed(seed)

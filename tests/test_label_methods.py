@@ -26,13 +26,6 @@ BATCHES_WITH_DUPLICATES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def labels_of(t):
     assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.ndim == 1

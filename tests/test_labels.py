@@ -14,7 +14,7 @@ from deepleak.labels.base import counts_to_labels, last_layer_gradient
 from deepleak.labels.idlg import IDLG
 from deepleak.labels.oracle import Oracle
 from deepleak.labels.zeroshot import ZeroShot
-from deepleak.models import LeNet, build_model
+from deepleak.models import build_model
 from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
 from deepleak.scenarios.fedsgd import FedSGD
 
@@ -277,15 +277,6 @@ def test_zeroshot_does_not_change_observed_weights():
 def sample20():
     return SampleDataset(num_classes=20, resolution=32)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Everything here is tiny forward/backward passes (the figure: hundreds of them); torch's
-    intra-op thread pool only adds overhead (and thrashes on a busy machine): one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def zeroshot_accuracy(dataset, r, trials, k=16, num_classes=20):

@@ -20,15 +20,6 @@ from deepleak.models import (
 LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: torch's intra-op thread pool only adds overhead (and thrashes when the
-    machine is busy), so each test runs on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _params_equal(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()

@@ -20,13 +20,6 @@ ZOO = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _cfg(name: str, **overrides) -> dict:
     cls, small = ZOO[name]

@@ -3,17 +3,9 @@
 distribution=one_class_r distribution.r=R trials=50`."""
 
 import pytest
-import torch
 
 from deepleak.tasks.attack import run
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("r", [1, 2, 4, 6, 8])

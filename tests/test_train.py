@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepleak.config import precheck
-from deepleak.train_config import register_train
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
-from deepleak.config import config_dir, register
+from deepleak.config import config_dir, precheck, register
 from deepleak.errors import DeepleakError
 from deepleak.models import ConvNet, build_model
 from deepleak.tasks import train
@@ -28,13 +26,6 @@ from deepleak.train_config import register_train
 
 TINY = ("dataset.num_classes=4", "dataset.resolution=16", "dataset.crops_per_class=16", "batch_size=8")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
