@@ -4,62 +4,25 @@ their stated requirements, and (slow) the duplicates figure of PAPER.md section 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepleak.errors import DeepleakError
 from deepleak.labels import ILRG, LLG, GradInversion, ZeroShot
 from deepleak.labels.base import last_activation
 from deepleak.models import build_model
-from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
+from deepleak.scenarios.base import PrivateBatch
 from deepleak.scenarios.fedsgd import FedSGD
 from deepleak.tasks.attack import run
 
-LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}
-BATCHES_WITH_DUPLICATES = [
-    [3],
-    [3, 3, 3, 0, 7, 7],
-    [5] * 8,
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-    [9, 9, 1, 1, 1, 1, 4, 2, 2, 2, 2, 2, 0, 0, 8, 6],
-    [2] * 15 + [6],
-]
+from crafted import (
+    BATCHES_WITH_DUPLICATES,
+    LENET_CFG,
+    closed_form_observation,
+    constant_feature_lenet,
+    labels_of,
+    observation_from,
+)
 
-
-
-def labels_of(t):
-    assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.ndim == 1
-    return t.tolist()
-
-
-def constant_feature_lenet(num_classes, seed=0):
-    """Body weights and biases zero: every feature is sigmoid(0) = 0.5 for every input, so every
-    sample has the same softmax p. iLRG's class embeddings dW_c / db_c are then all exactly the
-    feature vector, and its P_hat is exact."""
-    model = build_model(LENET_CFG, num_classes, (3, 32, 32), seed=seed)
-    with torch.no_grad():
-        for p in model.body.parameters():
-            p.zero_()
-    return model
-
-
-def observation_from(model, weight_gradient, bias_gradient, k, num_classes, image_shape=(3, 32, 32)):
-    """An Observation carrying the given classifier gradients (body gradient zero)."""
-    by_name = {"fc.weight": weight_gradient, "fc.bias": bias_gradient}
-    gradient = tuple(by_name.get(name, torch.zeros_like(q)) for name, q in model.named_parameters())
-    recipe = Recipe(num_samples=k, batch_size=k, num_classes=num_classes, image_shape=image_shape)
-    return Observation(scenario="fedsgd", model=model, recipe=recipe, gradient=gradient)
-
-
-def closed_form_observation(model, labels, num_classes):
-    """dL/dW = (1/K) (P - Y)^T O and dL/db = mean(P - Y) on random inputs."""
-    labels = torch.as_tensor(labels)
-    k = len(labels)
-    with torch.no_grad():
-        features = model.body(torch.rand(k, 3, 32, 32))
-        p = torch.softmax(model.fc(features), dim=1)
-    residual = p - F.one_hot(labels, num_classes).to(p.dtype)
-    return observation_from(model, residual.T @ features / k, residual.mean(0), k, num_classes)
 
 
 def row_sum_observation(sums, k, features=768):

@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from deepleak.data import OneClassR, SampleDataset
 from deepleak.errors import DeepleakError
@@ -15,16 +14,12 @@ from deepleak.labels.idlg import IDLG
 from deepleak.labels.oracle import Oracle
 from deepleak.labels.zeroshot import ZeroShot
 from deepleak.models import build_model
-from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
+from deepleak.scenarios.base import PrivateBatch
 from deepleak.scenarios.fedsgd import FedSGD
 
-LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}
+from crafted import BATCHES_WITH_DUPLICATES, LENET_CFG, closed_form_observation, constant_feature_lenet, labels_of
+
 RULES = ["largest_remainder", "round"]
-
-
-def labels_of(t):
-    assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.ndim == 1
-    return t.tolist()
 
 
 def overlap(pred, truth, num_classes):
@@ -124,42 +119,6 @@ def test_counts_to_labels_unknown_rule():
 # --------------------------------------------------------------------------- crafted gradients
 
 
-def constant_feature_lenet(num_classes, seed=0):
-    """A DLG LeNet whose body weights and biases are all zero: every penultimate feature is
-    sigmoid(0) = 0.5 for every input, so logits = 0.5 * W 1 + b and the softmax is the same
-    for every input. Zero-shot's replacement of O_k and p_k by dummy means is then exact."""
-    model = build_model(LENET_CFG, num_classes, (3, 32, 32), seed=seed)
-    with torch.no_grad():
-        for p in model.body.parameters():
-            p.zero_()
-    return model
-
-
-def handmade_observation(model, labels, num_classes, image_shape=(3, 32, 32)):
-    """Observation whose classifier gradient is built from the closed form
-    dL/dW = (1/K) (P - Y)^T O, dL/db = mean(P - Y), with the body gradient zero."""
-    labels = torch.as_tensor(labels)
-    k = len(labels)
-    with torch.no_grad():
-        features = model.body(torch.rand(k, *image_shape))
-        p = torch.softmax(model.fc(features), dim=1)
-    residual = p - F.one_hot(labels, num_classes).to(p.dtype)
-    by_name = {"fc.weight": residual.T @ features / k, "fc.bias": residual.mean(0)}
-    gradient = tuple(by_name.get(name, torch.zeros_like(q)) for name, q in model.named_parameters())
-    recipe = Recipe(num_samples=k, batch_size=k, num_classes=num_classes, image_shape=image_shape)
-    return Observation(scenario="fedsgd", model=model, recipe=recipe, gradient=gradient)
-
-
-BATCHES_WITH_DUPLICATES = [
-    [3],
-    [3, 3, 3, 0, 7, 7],
-    [5] * 8,
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-    [9, 9, 1, 1, 1, 1, 4, 2, 2, 2, 2, 2, 0, 0, 8, 6],
-    [2] * 15 + [6],
-]
-
-
 @pytest.mark.parametrize("labels", BATCHES_WITH_DUPLICATES)
 @pytest.mark.parametrize("rule", RULES)
 def test_zeroshot_exact_on_constant_features(labels, rule):
@@ -168,7 +127,7 @@ def test_zeroshot_exact_on_constant_features(labels, rule):
         features = model.body(torch.rand(3, 3, 32, 32))
     assert torch.equal(features, torch.full_like(features, 0.5))
     method = ZeroShot(rounding=rule)
-    obs = handmade_observation(model, labels, 10)
+    obs = closed_form_observation(model, labels, 10)
     counts = method.counts(obs).numpy()
     np.testing.assert_allclose(counts, np.bincount(labels, minlength=10), atol=1e-3)
     assert labels_of(method.restore(obs)) == sorted(labels)
@@ -180,7 +139,7 @@ def test_zeroshot_exact_on_constant_features(labels, rule):
 
 def test_last_layer_gradient_picks_classifier():
     model = constant_feature_lenet(10)
-    obs = handmade_observation(model, [1, 2], 10)
+    obs = closed_form_observation(model, [1, 2], 10)
     weight, bias = last_layer_gradient(obs)
     assert weight.shape == (10, 768) and bias.shape == (10,)
     assert weight is obs.gradient[-2] and bias is obs.gradient[-1]
@@ -189,7 +148,7 @@ def test_last_layer_gradient_picks_classifier():
 @pytest.mark.parametrize("label", range(10))
 def test_idlg_batch_of_one(label):
     model = build_model(LENET_CFG, 10, (3, 32, 32), seed=label)
-    obs = handmade_observation(model, [label], 10)
+    obs = closed_form_observation(model, [label], 10)
     assert labels_of(IDLG().restore(obs)) == [label]
     obs = FedSGD().observe(model, PrivateBatch(torch.rand(1, 3, 32, 32), torch.tensor([label])), 10)
     assert labels_of(IDLG().restore(obs)) == [label]
@@ -205,7 +164,7 @@ def test_idlg_refuses_larger_batches():
 def test_oracle():
     model = build_model(LENET_CFG, 10, (3, 32, 32), seed=0)
     truth = torch.tensor([7, 2, 2, 9, 0])
-    obs = handmade_observation(model, truth, 10)
+    obs = closed_form_observation(model, truth, 10)
     oracle = Oracle()
     with pytest.raises(DeepleakError, match="true labels"):
         oracle.restore(obs)

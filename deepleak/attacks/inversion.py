@@ -49,6 +49,16 @@ class Reconstruction:
     history: list[float] = field(default_factory=list)
 
 
+def check_loop_settings(iterations: int, restarts: int, budget_s: float | None) -> None:
+    """The optimisation-loop settings every attack shares, checked before any work."""
+    if iterations < 1:
+        raise DeepleakError(f"attack.iterations must be >= 1, got {iterations}")
+    if restarts < 1:
+        raise DeepleakError(f"attack.restarts must be >= 1, got {restarts}")
+    if budget_s is not None and budget_s <= 0:
+        raise DeepleakError(f"attack.budget_s must be > 0 seconds (or null), got {budget_s}")
+
+
 class GradientInversion:
     """Minimise ``distance(grad L(x, y), g) + sum(priors(x))`` over dummy images x.
 
@@ -76,12 +86,7 @@ class GradientInversion:
         budget_s: float | None = None,
         log_every: int = 0,
     ) -> None:
-        if iterations < 1:
-            raise DeepleakError(f"attack.iterations must be >= 1, got {iterations}")
-        if restarts < 1:
-            raise DeepleakError(f"attack.restarts must be >= 1, got {restarts}")
-        if budget_s is not None and budget_s <= 0:
-            raise DeepleakError(f"attack.budget_s must be > 0 seconds (or null), got {budget_s}")
+        check_loop_settings(iterations, restarts, budget_s)
         self.distance = distance
         self.optimizer = optimizer
         self.priors = dict(priors or {})

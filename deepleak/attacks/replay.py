@@ -44,7 +44,7 @@ from scipy.optimize import linear_sum_assignment
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from deepleak.attacks.inversion import Reconstruction
+from deepleak.attacks.inversion import Reconstruction, check_loop_settings
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation, set_bn_mode
 from deepleak.scenarios.fedavg import step_batches
@@ -216,10 +216,7 @@ class Replay:
         budget_s: float | None = None,
         log_every: int = 0,
     ) -> None:
-        if iterations < 1:
-            raise DeepleakError(f"attack.iterations must be >= 1, got {iterations}")
-        if restarts < 1:
-            raise DeepleakError(f"attack.restarts must be >= 1, got {restarts}")
+        check_loop_settings(iterations, restarts, budget_s)
         if mode not in ("shared", "per_epoch"):
             raise DeepleakError(f"attack.mode must be shared or per_epoch, got {mode!r}")
         if checkpoint_every < 0:

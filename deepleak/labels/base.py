@@ -97,6 +97,28 @@ def last_activation(model: nn.Module) -> str | None:
     return found
 
 
+def dummy_images(observation: Observation, count: int, seed: int, kind: str = "uniform") -> torch.Tensor:
+    """``count`` random images (count, C, H, W) in [0, 1] on the model's device: ``uniform``
+    in [0, 1] or ``gaussian`` around 0.5 (std 0.25, clamped). No real data: "zero-shot"."""
+    parameter = next(observation.model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    shape = (count, *observation.recipe.image_shape)
+    if kind == "uniform":
+        x = torch.rand(shape, generator=generator)
+    else:
+        x = (0.5 + 0.25 * torch.randn(shape, generator=generator)).clamp(0, 1)
+    return x.to(parameter.device, parameter.dtype)
+
+
+def probe(observation: Observation, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate features (D, M), logits (D, N)) of ``images`` under the public model, run
+    in the recipe's BN mode on a copy (train-mode batch norm would update the running
+    statistics of the server's model)."""
+    model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
+    with torch.no_grad():
+        return features_and_logits(model, images)
+
+
 def require_nonnegative_features(method: str, observation: Observation, features: torch.Tensor | None = None,
                                  num_probes: int = 8) -> None:
     """Refuse models whose penultimate features can be negative.
@@ -104,16 +126,10 @@ def require_nonnegative_features(method: str, observation: Observation, features
     Methods that read class presence off the sign of a row of the weight gradient (iDLG, LLG,
     GradInversion, zero-shot) rely on (p - y) * O having the sign of (p - y), i.e. O >= 0.
     ``features`` (K, M) are features the caller has already computed on dummy inputs; without
-    them ``num_probes`` uniform random images are run through a copy of the model (a copy:
-    train-mode batch norm would update the server model's running statistics).
+    them ``num_probes`` uniform random images are probed.
     """
     if features is None:
-        model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
-        parameter = next(model.parameters())
-        generator = torch.Generator().manual_seed(0)
-        x = torch.rand((num_probes, *observation.recipe.image_shape), generator=generator)
-        with torch.no_grad():
-            features, _ = features_and_logits(model, x.to(parameter.device, parameter.dtype))
+        features, _ = probe(observation, dummy_images(observation, num_probes, seed=0))
     if bool((features < 0).any()):
         activation = last_activation(observation.model)
         cause = f": model.activation_fn={activation} gives negative ones" if activation else ""

@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from deepleak.errors import DeepleakError
-from deepleak.labels.base import counts_to_labels, last_layer_gradient
+from deepleak.labels.base import counts_to_labels, dummy_images, last_layer_gradient
 from deepleak.labels.zeroshot import ZeroShot
-from deepleak.models import features_and_logits
 from deepleak.scenarios.base import Observation, set_bn_mode
-from deepleak.scenarios.fedavg import epoch_orders, step_batches
+from deepleak.scenarios.fedavg import local_sgd
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +45,6 @@ def with_weights(model: torch.nn.Module, weights: list[torch.Tensor] | tuple[tor
         for parameter, value in zip(copied.parameters(), weights):
             parameter.copy_(value.to(parameter.device, parameter.dtype))
     return copied
-
-
-def dummy_inputs(observation: Observation, count: int, seed: int) -> torch.Tensor:
-    """``count`` uniform dummy images (count, C, H, W) in [0, 1] on the model's device."""
-    parameter = next(observation.model.parameters())
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand((count, *observation.recipe.image_shape), generator=generator)
-    return x.to(parameter.device, parameter.dtype)
 
 
 def simulate_training(
@@ -75,21 +66,13 @@ def simulate_training(
     parameters = list(model.parameters())
     for parameter in parameters:
         parameter.requires_grad_(True)
-    generator = torch.Generator().manual_seed(seed)
     steps: list[dict[str, torch.Tensor]] = []
-    for order in epoch_orders(len(labels), recipe.epochs, generator):
-        for indices in step_batches(order.to(labels.device), recipe.batch_size):
-            features, logits = features_and_logits(model, images[indices])
-            if record:
-                steps.append({
-                    "indices": indices,
-                    "O": features.detach().sum(dim=1).double(),
-                    "p": torch.softmax(logits.detach().double(), dim=1),
-                })
-            gradient = torch.autograd.grad(F.cross_entropy(logits, labels[indices]), parameters)
-            with torch.no_grad():
-                for parameter, g in zip(parameters, gradient):
-                    parameter.sub_(recipe.lr * g)
+
+    def remember(_step: int, indices: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> None:
+        steps.append({"indices": indices, "O": features.sum(dim=1).double(), "p": torch.softmax(logits.double(), dim=1)})
+
+    local_sgd(model, images, labels, recipe.epochs, recipe.batch_size, recipe.lr,
+              torch.Generator().manual_seed(seed), remember if record else None)
     return tuple(p.detach() for p in parameters), steps
 
 
@@ -150,7 +133,7 @@ class Interpolated:
         _shared_weights(observation)
         k = observation.recipe.num_samples
         labels = counts_to_labels(self.base.counts(observation.gradient_view()).numpy(), k, self.rounding)
-        images = dummy_inputs(observation, k, self.seed + 1)
+        images = dummy_images(observation, k, self.seed + 1)
         weights, _ = simulate_training(observation, images, labels.to(images.device), self.seed + 2)
         return weights
 
@@ -238,7 +221,7 @@ class Simulated:
         and how many samples of other classes there are."""
         recipe = observation.recipe
         n, c = recipe.num_samples, recipe.num_classes
-        images = dummy_inputs(observation, n, self.seed + 1000 * repeat + 1)
+        images = dummy_images(observation, n, self.seed + 1000 * repeat + 1)
         labels = labels.to(images.device)
         _, steps = simulate_training(observation, images, labels, self.seed + 1000 * repeat + 2, record=True)
         scale = 1.0 / (len(steps) * recipe.batch_size)

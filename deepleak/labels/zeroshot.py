@@ -8,15 +8,18 @@ O_k = sum_m O[k,m] >= 0. Replacing O_k and p[k,n] by their means over random dum
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from deepleak.errors import DeepleakError
-from deepleak.labels.base import counts_to_labels, last_layer_gradient, require_nonnegative_features
+from deepleak.labels.base import (
+    counts_to_labels,
+    dummy_images,
+    last_layer_gradient,
+    probe,
+    require_nonnegative_features,
+)
 from deepleak.labels.ilrg import class_embedding_softmax
-from deepleak.models import features_and_logits
-from deepleak.scenarios.base import Observation, set_bn_mode
+from deepleak.scenarios.base import Observation
 
 
 class ZeroShot:
@@ -71,17 +74,8 @@ class ZeroShot:
 
     def dummy_outputs(self, observation: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         """Penultimate features (D, M) and softmax (D, N) of the D = num_dummies dummy inputs."""
-        # A copy: train-mode batch norm would update the running statistics of the server's model.
-        model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
-        parameter = next(model.parameters())
-        generator = torch.Generator().manual_seed(self.seed)
-        shape = (self.num_dummies, *observation.recipe.image_shape)
-        if self.dummy == "uniform":
-            x = torch.rand(shape, generator=generator)
-        else:
-            x = (0.5 + 0.25 * torch.randn(shape, generator=generator)).clamp(0, 1)
-        with torch.no_grad():
-            features, logits = features_and_logits(model, x.to(parameter.device, parameter.dtype))
+        images = dummy_images(observation, self.num_dummies, self.seed, self.dummy)
+        features, logits = probe(observation, images)
         # The count formula assumes O_k >= 0 (ReLU or sigmoid heads); tanh/SELU/GELU break it.
         require_nonnegative_features(self.name, observation, features)
         return features, torch.softmax(logits, dim=1)

@@ -1,0 +1,55 @@
+"""Crafted label-restoration cases whose answer is known exactly, shared by the label tests."""
+
+import torch
+import torch.nn.functional as F
+
+from deepleak.models import build_model
+from deepleak.scenarios.base import Observation, Recipe
+
+LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}
+
+BATCHES_WITH_DUPLICATES = [
+    [3],
+    [3, 3, 3, 0, 7, 7],
+    [5] * 8,
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    [9, 9, 1, 1, 1, 1, 4, 2, 2, 2, 2, 2, 0, 0, 8, 6],
+    [2] * 15 + [6],
+]
+
+
+def labels_of(t):
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.ndim == 1
+    return t.tolist()
+
+
+def constant_feature_lenet(num_classes, seed=0):
+    """A DLG LeNet whose body weights and biases are all zero: every penultimate feature is
+    sigmoid(0) = 0.5 for every input, so logits = 0.5 * W 1 + b and the softmax is the same
+    for every input. Zero-shot's replacement of O_k and p_k by dummy means is then exact, and
+    so are iLRG's class embeddings dW_c / db_c (all equal to the feature vector)."""
+    model = build_model(LENET_CFG, num_classes, (3, 32, 32), seed=seed)
+    with torch.no_grad():
+        for p in model.body.parameters():
+            p.zero_()
+    return model
+
+
+def observation_from(model, weight_gradient, bias_gradient, k, num_classes, image_shape=(3, 32, 32)):
+    """An Observation carrying the given classifier gradients (body gradient zero)."""
+    by_name = {"fc.weight": weight_gradient, "fc.bias": bias_gradient}
+    gradient = tuple(by_name.get(name, torch.zeros_like(q)) for name, q in model.named_parameters())
+    recipe = Recipe(num_samples=k, batch_size=k, num_classes=num_classes, image_shape=image_shape)
+    return Observation(scenario="fedsgd", model=model, recipe=recipe, gradient=gradient)
+
+
+def closed_form_observation(model, labels, num_classes, image_shape=(3, 32, 32)):
+    """Observation whose classifier gradient is built from the closed form
+    dL/dW = (1/K) (P - Y)^T O, dL/db = mean(P - Y) on random inputs, with the body gradient zero."""
+    labels = torch.as_tensor(labels)
+    k = len(labels)
+    with torch.no_grad():
+        features = model.body(torch.rand(k, *image_shape))
+        p = torch.softmax(model.fc(features), dim=1)
+    residual = p - F.one_hot(labels, num_classes).to(p.dtype)
+    return observation_from(model, residual.T @ features / k, residual.mean(0), k, num_classes, image_shape)
