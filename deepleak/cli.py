@@ -41,7 +41,7 @@ SCENARIO_KEYS = ("scenario", "+scenario", "++scenario", "~scenario")
 
 
 def with_default_scenario(overrides: list[str]) -> list[str]:
-    """Append ``+scenario=fedsgd`` unless a scenario is given; accept ``scenario=X`` too.
+    """Add ``+scenario=fedsgd`` unless a scenario is given; accept ``scenario=X`` too.
 
     The scenario group is not in the primary defaults so that the literal
     ``+scenario=fedavg`` (an append) works; this supplies FedSGD when it is absent.
@@ -57,26 +57,26 @@ def with_default_scenario(overrides: list[str]) -> list[str]:
                 item = "+" + item
         result.append(item)
     if not given:
-        result.append("+scenario=fedsgd")
+        # Next to the user's first override: argparse takes Hydra's overrides as one run of
+        # positionals, so one appended after a flag (``attack=ig --cfg job``) would be rejected.
+        result.insert(_first_override_end(result), "+scenario=fedsgd")
     return result
 
 
-def experiment_sets_scenario(names: str) -> bool:
-    """Whether the preset(s) ``names`` (``a`` or a sweep ``a,b``) choose a scenario themselves
-    (a ``/scenario: ...`` entry in their defaults list)."""
-    from omegaconf import OmegaConf  # noqa: PLC0415
+def _first_override_end(items: list[str]) -> int:
+    """The position just after the first override in ``items`` (flags and their values, as
+    in ``--cfg job``, are skipped); ``len(items)`` when there is none."""
+    from deepleak.config import FLAGS_WITH_VALUE  # noqa: PLC0415
 
-    from deepleak.config import config_dir  # noqa: PLC0415
-
-    for name in names.split(","):
-        path = config_dir() / "experiment" / f"{name.strip()}.yaml"
-        if path.is_file():
-            for entry in OmegaConf.load(path).get("defaults", []):
-                keys = entry.keys() if OmegaConf.is_dict(entry) else []
-                # "/scenario: fedavg" or "override /scenario: fedavg"
-                if any(str(key).split()[-1].lstrip("/") == "scenario" for key in keys):
-                    return True
-    return False
+    skip = False
+    for index, item in enumerate(items):
+        if skip:
+            skip = False
+        elif item in FLAGS_WITH_VALUE:
+            skip = True
+        elif not item.startswith("-"):
+            return index + 1
+    return len(items)
 
 
 def fail(message: str) -> None:
