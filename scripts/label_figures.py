@@ -9,6 +9,7 @@ e.g. for the duplicates figure:
 Usage (always with OMP_NUM_THREADS=1 on a shared CPU):
 
     python scripts/label_figures.py duplicates [--trials 200] [--methods zeroshot,gradinversion,llg,ilrg]
+        [--init-scale 0.5|null]
     python scripts/label_figures.py resnet [--trials 3] [--sizes 64,256,1024] [--classes 10,100]
         [--methods zeroshot,zeroshot:refine=false,ilrg]
     python scripts/label_figures.py timing [--trials 5] [--sizes 1024,4096]
@@ -80,13 +81,16 @@ def cell(*overrides: str) -> dict | None:
 def duplicates(args) -> None:
     methods = args.methods.split(",")
     rs = range(1, 10)
+    init = "DLG's U(-0.5, 0.5)" if args.init_scale == "0.5" else (
+        "PyTorch's default" if args.init_scale == "null" else f"U(-{args.init_scale}, {args.init_scale})")
     print(f"\nBatch 16, one class r times (r - 1 duplicates), sample set with 20 classes, untrained LeNet-12 "
-          f"at 32 px, {args.trials} trials per cell: mean label accuracy (%)\n")
+          f"({init} initialisation) at 32 px, {args.trials} trials per cell: mean label accuracy (%)\n")
     print("| method | " + " | ".join(f"r={r}" for r in rs) + " | min | label s/trial |")
     print("|---" * (len(rs) + 3) + "|")
     for method in methods:
         cells = [cell(*method_overrides(method), "distribution=one_class_r", f"distribution.r={r}", "batch_size=16",
-                      "dataset.num_classes=20", "model.width=12", f"trials={args.trials}", f"seed={args.seed}")
+                      "dataset.num_classes=20", "model.width=12", f"model.init_scale={args.init_scale}",
+                      f"trials={args.trials}", f"seed={args.seed}")
                  for r in rs]
         accs = [100 * c["accuracy"] for c in cells]
         seconds = sum(c["label_s"] for c in cells) / len(cells)
@@ -194,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", default="10,100")
     parser.add_argument("--crops", type=int, default=256, help="crops per class (random batches of K need K <= data set size)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-scale", default="0.5",
+                        help="duplicates: LeNet initialisation, U(-s, s) or null for PyTorch's default")
     args = parser.parse_args(argv)
     defaults = {"duplicates": (200, "zeroshot,gradinversion,llg,ilrg"),
                 "resnet": (3, "zeroshot,ilrg"),
