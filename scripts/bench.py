@@ -1,0 +1,476 @@
+"""Performance of deepleak's attack step, against a plain training step and breaching 0.1.2.
+
+    OMP_NUM_THREADS=1 python scripts/bench.py                  # every table (about 10 min on 2 CPU cores)
+    OMP_NUM_THREADS=1 python scripts/bench.py --quick          # tiny cases, seconds: a smoke run
+    python scripts/bench.py --device cuda --threads 8          # the same tables on a GPU
+    python scripts/bench.py --sections step,throughput --repeats 7
+
+Every number of a table comes from this process and this run, so ratios compare like with
+like on a shared machine:
+
+- **step**: for each case, the median over ``--repeats`` of the time per step of
+  1. a plain forward + backward (the victim's own training step, same model and batch);
+  2. deepleak's Inverting Gradients attack (``attack=ig``: 1 - cosine + TV, Adam on signed
+     gradients, box, step decay; one restart), timed through the public
+     ``GradientInversion.reconstruct`` at two iteration counts and differenced, so model
+     copy and scoring cancel out;
+  3. breaching 0.1.2's optimisation-based attacker with its ``invertinggradients`` config,
+     driven with our model, our shared gradient and the same labels (its data and model
+     downloads are never touched), timed the same way through its trial loop.
+  Ratios are taken per repeat, then the median. Peak memory of each runs in a subprocess
+  (peak RSS growth on CPU, peak allocated CUDA memory on a GPU).
+- **fedavg**: FedAvg replay (one evaluation: E x ceil(N/B) simulated SGD steps forward and
+  the checkpointed reverse pass) per simulated step, and its peak memory, at E = 1, 5, 10.
+- **labels**: zero-shot label restoration (labels only) at K = 64, 1024, 4096 on LeNet.
+- **throughput**: reconstructions per minute of LeNet batch 8 with 16 restarts, restarts
+  one after another (``GradientInversion``) and as one batched computation
+  (``deepleak.attacks.batched``).
+
+On CPU the clock is the thread's CPU time when torch runs one thread (``--clock auto``):
+another process on the same cores then does not leak into the figures. With more threads,
+or on a GPU (synchronised), it is wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # breaching's torch.jit.script
+warnings.filterwarnings("ignore", category=UserWarning, module="hydra")
+os.environ.setdefault("TQDM_DISABLE", "1")  # the attacks' progress bars (read when tqdm is imported)
+
+MODELS = {
+    "lenet": {"_target_": "deepleak.models.LeNet", "width": 32, "activation_fn": "sigmoid", "init_scale": 0.5},
+    "resnet18": {"_target_": "deepleak.models.ResNet18", "width": 64, "activation_fn": "sigmoid"},
+    "resnet18_imagenet": {"_target_": "deepleak.models.ResNet18ImageNet", "width": 64, "activation_fn": "relu"},
+}
+NAMES = {"lenet": "LeNet", "resnet18": "ResNet-18 (CIFAR)", "resnet18_imagenet": "ResNet-18 (ImageNet)"}
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    pixels: int
+    batch: int
+    steps: int  # attack steps per timed run
+
+
+FULL_CASES = [
+    Case("lenet", 32, 1, 20), Case("lenet", 32, 8, 20), Case("lenet", 32, 64, 5),
+    Case("resnet18", 32, 1, 4), Case("resnet18", 32, 8, 2), Case("resnet18_imagenet", 224, 1, 2),
+]
+QUICK_CASES = [Case("lenet", 16, 2, 3)]
+
+
+# ---------------------------------------------------------------------------- clocks
+class Clock:
+    """``cpu``: this thread's CPU time (exact for one torch thread on CPU); ``wall``: wall
+    time, after synchronising the GPU."""
+
+    def __init__(self, kind: str, device: torch.device) -> None:
+        self.kind, self.device = kind, device
+
+    def __call__(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.thread_time() if self.kind == "cpu" else time.perf_counter()
+
+    def time(self, fn: Callable[[], object]) -> float:
+        start = self()
+        fn()
+        return self() - start
+
+
+def per_step(clock: Clock, run: Callable[[int], object], steps: int, differenced: bool) -> float:
+    """Seconds per step of ``run(n)`` (n steps). ``differenced``: (t(1 + steps) - t(1)) / steps,
+    which cancels whatever ``run`` does once per call (setup, final scoring)."""
+    if not differenced:
+        return clock.time(lambda: run(steps)) / steps
+    return (clock.time(lambda: run(1 + steps)) - clock.time(lambda: run(1))) / steps
+
+
+# ---------------------------------------------------------------------------- cases
+def observe(model_key: str, pixels: int, batch: int, device: torch.device, seed: int = 0):
+    """(observation, labels, images) of a FedSGD client with ``batch`` random images."""
+    from deepleak.models import build_model
+    from deepleak.scenarios import FedSGD, PrivateBatch
+
+    shape = (3, pixels, pixels)
+    model = build_model(MODELS[model_key], NUM_CLASSES, shape, seed=seed).to(device)
+    # Not the attack's seed 0: a restart drawn from the same generator would start at the truth.
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    images = torch.rand(batch, *shape, generator=generator).to(device)
+    labels = (torch.arange(batch) % NUM_CLASSES).to(device)
+    observation = FedSGD().observe(model, PrivateBatch(images, labels), NUM_CLASSES)
+    return observation, labels, images
+
+
+def ig_attack(iterations: int, restarts: int = 1):
+    """deepleak's Inverting Gradients recipe (conf/attack/ig.yaml) with its class defaults."""
+    from deepleak.attacks import GradientInversion
+    from deepleak.attacks.distances import Cosine
+    from deepleak.attacks.priors import TotalVariation
+    from deepleak.attacks.schedules import step_decay
+
+    return GradientInversion(
+        Cosine(), functools.partial(torch.optim.Adam, lr=0.1), priors={"tv": TotalVariation(1e-4)},
+        scheduler=functools.partial(step_decay, gamma=0.1), iterations=iterations, restarts=restarts,
+        signed=True, box=True,
+    )
+
+
+def plain_runner(observation, labels, images) -> Callable[[int], None]:
+    """n plain training steps of the victim (forward + backward to the parameters)."""
+    import copy
+
+    from deepleak.scenarios.base import set_bn_mode
+
+    model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), labels).backward()
+
+    return run
+
+
+def deepleak_runner(observation, labels) -> Callable[[int], None]:
+    attack = ig_attack(1)
+
+    def run(n: int) -> None:
+        attack.iterations = n
+        attack.reconstruct(observation, labels, seed=0)
+
+    return run
+
+
+def breaching_available() -> str | None:
+    """None when breaching 0.1.2 imports, else why not."""
+    try:
+        import breaching  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install
+        return f"breaching not installed ({type(error).__name__}); pip install breaching==0.1.2 --no-deps"
+    return None
+
+
+def breaching_runner(observation, labels, device: torch.device) -> Callable[[int], None]:
+    """breaching's OptimizationBasedAttacker (invertinggradients config: cosine + TV, Adam on
+    signed gradients, box, step-lr) on our model, gradient and labels; run(n) = one trial of n
+    iterations through its own loop."""
+    import types
+
+    import breaching
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deepleak.scenarios.base import set_bn_mode
+
+    GlobalHydra.instance().clear()
+    with contextlib.redirect_stdout(io.StringIO()):
+        cfg = breaching.get_attack_config("invertinggradients", overrides=[
+            "optim.max_iterations=1", "optim.callback=1000000000", "regularization.total_variation.scale=1e-4",
+        ])
+    GlobalHydra.instance().clear()
+    logging.getLogger("breaching").setLevel(logging.WARNING)
+    model = set_bn_mode(observation.model, observation.recipe.bn_mode)
+    attacker = breaching.attacks.prepare_attack(model, torch.nn.CrossEntropyLoss(), cfg,
+                                                dict(device=device, dtype=torch.float))
+    recipe = observation.recipe
+    bn_train = recipe.bn_mode == "train"
+    payload = [{
+        "parameters": [p.detach() for p in observation.model.parameters()],
+        # None: the user trains with batch statistics, as deepleak's bn_mode=train.
+        "buffers": None if bn_train else [b.detach() for b in observation.model.buffers()],
+        "metadata": types.SimpleNamespace(shape=recipe.image_shape, modality="vision"),
+    }]
+    shared = [{
+        "gradients": [g.detach() for g in observation.gradient],
+        "buffers": None,
+        "metadata": {"num_data_points": len(labels), "labels": labels.clone(), "local_hyperparams": None},
+    }]
+    rec_models, rec_labels, stats = attacker.prepare_attack(payload, shared)
+
+    def run(n: int) -> None:
+        attacker.cfg.optim.max_iterations = n
+        attacker._run_trial(rec_models, shared, rec_labels, stats, 0)
+
+    return run
+
+
+# ---------------------------------------------------------------------------- memory
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure_peak(device: torch.device, fn: Callable[[], object]) -> float:
+    """Peak memory (MB) that ``fn`` adds: CUDA peak allocated, or CPU peak RSS growth (the
+    peak is reset first, through /proc/self/clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    base = rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    return hwm_mb() - base
+
+
+def probe(args) -> None:
+    """Child process: print the peak memory of one measurement as JSON."""
+    kind, rest = args.probe[0], args.probe[1:]
+    device = torch.device(args.device)
+    if kind in ("plain", "deepleak", "breaching"):
+        model_key, pixels, batch = rest[0], int(rest[1]), int(rest[2])
+        observation, labels, images = observe(model_key, pixels, batch, device)
+        run = {"plain": lambda: plain_runner(observation, labels, images),
+               "deepleak": lambda: deepleak_runner(observation, labels),
+               "breaching": lambda: breaching_runner(observation, labels, device)}[kind]()
+        peak = measure_peak(device, lambda: run(3))
+    elif kind == "replay":
+        model_key, epochs, n, b = rest[0], int(rest[1]), int(rest[2]), int(rest[3])
+        evaluate = replay_setup(model_key, epochs, n, b, device)[0]
+        peak = measure_peak(device, evaluate)
+    else:
+        raise SystemExit(f"unknown probe {kind}")
+    print(json.dumps({"peak_mb": peak}))
+
+
+def peak_in_child(args, *probe_args: str) -> float | None:
+    """Run one probe in a fresh interpreter (peak RSS is per process); None if it failed."""
+    command = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--threads", str(args.threads),
+               "--probe", *probe_args]
+    done = subprocess.run(command, capture_output=True, text=True)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)["peak_mb"]
+    print(f"  (memory probe {' '.join(probe_args)} failed: {done.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+    return None
+
+
+# ---------------------------------------------------------------------------- sections
+def fmt_ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def fmt_mb(mb: float | None) -> str:
+    return "-" if mb is None else f"{mb:.0f}"
+
+
+def section_step(args, device: torch.device, clock: Clock, cases: list[Case]) -> None:
+    skip = breaching_available()
+    print("\n### Attack step vs plain training step and breaching 0.1.2\n")
+    print("Times in ms per step (median of repeats); ratios per repeat, then the median.\n")
+    print("| model | px | batch | plain fwd+bwd | deepleak step | deepleak / plain | breaching step | "
+          "deepleak / breaching | peak MB plain | peak MB deepleak | peak MB breaching |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for case in cases:
+        observation, labels, images = observe(case.model, case.pixels, case.batch, device)
+        runners = {"plain": (plain_runner(observation, labels, images), False),
+                   "deepleak": (deepleak_runner(observation, labels), True)}
+        if skip is None:
+            runners["breaching"] = (breaching_runner(observation, labels, device), True)
+        for run, _ in runners.values():  # warm-up: allocator, kernels, lazy imports
+            run(1)
+            run(2)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(args.repeats):
+            for name, (run, differenced) in runners.items():
+                times[name].append(per_step(clock, run, case.steps, differenced))
+        med = {name: statistics.median(values) for name, values in times.items()}
+        over_plain = statistics.median(d / p for d, p in zip(times["deepleak"], times["plain"]))
+        over_breaching = (statistics.median(d / b for d, b in zip(times["deepleak"], times["breaching"]))
+                          if "breaching" in times else None)
+        memory = {}
+        if not args.no_memory:
+            for name in runners:
+                memory[name] = peak_in_child(args, name, case.model, str(case.pixels), str(case.batch))
+        print(f"| {NAMES[case.model]} | {case.pixels} | {case.batch} | {fmt_ms(med['plain'])} | "
+              f"{fmt_ms(med['deepleak'])} | {over_plain:.2f}x | {fmt_ms(med.get('breaching'))} | "
+              f"{'-' if over_breaching is None else f'{over_breaching:.2f}x'} | {fmt_mb(memory.get('plain'))} | "
+              f"{fmt_mb(memory.get('deepleak'))} | {fmt_mb(memory.get('breaching'))} |", flush=True)
+    if skip is not None:
+        print(f"\nbreaching columns skipped: {skip}")
+
+
+def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.device):
+    """(evaluate(), simulated steps T) of one FedAvg replay evaluation."""
+    from deepleak.attacks.distances import L2
+    from deepleak.attacks.replay import Client, Replay, make_schedule
+    from deepleak.models import build_model
+    from deepleak.scenarios import FedAvg, PrivateBatch
+
+    pixels = 32
+    model = build_model(MODELS[model_key], NUM_CLASSES, (3, pixels, pixels), seed=0).to(device)
+    generator = torch.Generator().manual_seed(0)
+    batch = PrivateBatch(torch.rand(n, 3, pixels, pixels, generator=generator).to(device),
+                         (torch.arange(n) % NUM_CLASSES).to(device))
+    lr = 1e-3
+    observation = FedAvg(batch_size=b, epochs=epochs, lr=lr).observe(model, batch, NUM_CLASSES)
+    schedule = [(i.to(device), y) for i, y in
+                make_schedule(batch.labels, epochs, b, torch.Generator().manual_seed(1), copies=False)]
+    start = [p.detach() for p in observation.model.parameters()]
+    target = [g.to(device) for g in observation.gradient_view().gradient]
+    dummies = torch.rand(n, 3, pixels, pixels, generator=generator).to(device)
+    client = Client(observation.model, lr, schedule)
+    replay = Replay(L2(), torch.optim.LBFGS)
+    return (lambda: replay.weight_distance(client, start, dummies, target)), len(schedule)
+
+
+def section_fedavg(args, device: torch.device, clock: Clock) -> None:
+    settings = [("lenet", 8, 2), ("resnet18", 2, 2)] if not args.quick else [("lenet", 4, 2)]
+    epochs_list = (1, 5, 10) if not args.quick else (1, 2)
+    print("\n### FedAvg replay (one evaluation: forward replay + checkpointed reverse pass)\n")
+    print("| model | N | B | E | steps T | ms per simulated step | peak MB | peak vs E = 1 |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for model_key, n, b in settings:
+        first = None
+        for epochs in epochs_list:
+            evaluate, steps = replay_setup(model_key, epochs, n, b, device)
+            evaluate()
+            repeats = max(1, min(args.repeats, 3))
+            seconds = statistics.median(clock.time(evaluate) for _ in range(repeats)) / steps
+            peak = None if args.no_memory else peak_in_child(args, "replay", model_key, str(epochs), str(n), str(b))
+            first = peak if epochs == epochs_list[0] else first
+            relative = "-" if peak is None or not first else f"{peak / first:.2f}x"
+            print(f"| {NAMES[model_key]} | {n} | {b} | {epochs} | {steps} | {fmt_ms(seconds)} | {fmt_mb(peak)} | "
+                  f"{relative} |", flush=True)
+
+
+def section_labels(args, device: torch.device, clock: Clock) -> None:
+    from deepleak.labels import ZeroShot
+
+    sizes = (64, 1024, 4096) if not args.quick else (8, 64)
+    print("\n### Labels only: zero-shot restoration on LeNet (32 px, 10 classes)\n")
+    print("| K | restoration s (median) | client gradient s | label accuracy |")
+    print("|--:|--:|--:|--:|")
+    method = ZeroShot()
+    for k in sizes:
+        started = clock()
+        observation, labels, _ = observe("lenet", 32, k, device)
+        client = clock() - started
+        method.restore(observation)
+        seconds = statistics.median(clock.time(lambda: method.restore(observation)) for _ in range(3))
+        restored = method.restore(observation)
+        truth = torch.bincount(labels.cpu(), minlength=NUM_CLASSES)
+        accuracy = float(torch.minimum(torch.bincount(restored, minlength=NUM_CLASSES), truth).sum()) / k
+        print(f"| {k} | {seconds:.3f} | {client:.3f} | {accuracy:.3f} |", flush=True)
+
+
+def section_throughput(args, device: torch.device, clock: Clock) -> None:
+    from deepleak.attacks.batched import reconstruct_batched
+
+    batch, restarts, steps = (8, 16, args.throughput_steps) if not args.quick else (2, 3, 3)
+    observation, labels, _ = observe("lenet", 32, batch, device)
+    attack = ig_attack(steps, restarts=restarts)
+    attack.reconstruct(observation, labels, seed=0)  # warm-up
+    reconstruct_batched(attack, observation, labels, seed=0)
+    sequential, batched = [], []
+    for _ in range(max(1, min(args.repeats, 3))):
+        sequential.append(clock.time(lambda: attack.reconstruct(observation, labels, seed=0)))
+        batched.append(clock.time(lambda: reconstruct_batched(attack, observation, labels, seed=0)))
+    ratio = statistics.median(s / b for s, b in zip(sequential, batched))
+    print(f"\n### Throughput: LeNet batch {batch}, {restarts} restarts of {steps} `ig` steps\n")
+    print("| restarts run | s per attack | attacks / min | restarts / min | vs one after another |")
+    print("|---|--:|--:|--:|--:|")
+    for name, values, relative in (("one after another", sequential, 1.0), ("batched (vmap)", batched, ratio)):
+        seconds = statistics.median(values)
+        print(f"| {name} | {seconds:.2f} | {60 / seconds:.2f} | {60 * restarts / seconds:.1f} | {relative:.2f}x |",
+              flush=True)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto")
+    parser.add_argument("--sections", default="step,fedavg,labels,throughput")
+    parser.add_argument("--models", default="", help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument("--throughput-steps", type=int, default=20)
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--quick", action="store_true", help="tiny cases for a smoke run")
+    parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    from deepleak.tasks.attack import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.device = str(device)
+    if args.probe:
+        probe(args)
+        return
+    clock_kind = args.clock
+    if clock_kind == "auto":
+        clock_kind = "cpu" if device.type == "cpu" and args.threads == 1 else "wall"
+    clock = Clock(clock_kind, device)
+    if args.quick:
+        args.repeats = min(args.repeats, 2)
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    if args.models:
+        cases = [c for c in cases if c.model in args.models.split(",")]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"machine: {machine()}")
+    print(f"device: {device} ({device_name}), torch threads {torch.get_num_threads()}, clock {clock_kind}, "
+          f"repeats {args.repeats}")
+    sections = args.sections.split(",")
+    logging.disable(logging.WARNING)  # the attacks' progress logs
+    try:
+        if "step" in sections:
+            section_step(args, device, clock, cases)
+        if "fedavg" in sections:
+            section_fedavg(args, device, clock)
+        if "labels" in sections:
+            section_labels(args, device, clock)
+        if "throughput" in sections:
+            section_throughput(args, device, clock)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""scripts/bench.py: its measuring pieces give real numbers, and a --quick run prints every table."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("deepleak_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeClock:
+    """A clock that advances only by what the measured function costs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def time(self, fn) -> float:
+        start = self.now
+        fn()
+        return self.now - start
+
+
+def test_per_step_differencing_cancels_the_fixed_cost(bench):
+    clock = FakeClock()
+
+    def run(n: int) -> None:  # 5 s of setup and scoring, then 2 s per step
+        clock.now += 5 + 2 * n
+
+    assert bench.per_step(clock, run, steps=4, differenced=True) == pytest.approx(2.0)
+    assert bench.per_step(clock, run, steps=4, differenced=False) == pytest.approx(13 / 4)
+
+
+def test_peak_memory_sees_a_64_mb_tensor(bench):
+    def allocate() -> None:
+        block = torch.ones(16 * 2**20)  # 64 MB, touched
+        assert float(block[-1]) == 1
+
+    peak = bench.measure_peak(torch.device("cpu"), allocate)
+    assert 60 <= peak <= 200
+
+
+def test_quick_run_prints_every_table(bench, capsys):
+    bench.main(["--quick", "--no-memory", "--device", "cpu"])
+    out = capsys.readouterr().out
+    for title in ("Attack step", "FedAvg replay", "Labels only", "Throughput"):
+        assert title in out
+    step_row = next(line for line in out.splitlines() if line.startswith("| LeNet | 16 | 2 |"))
+    ratio = float(re.findall(r"\| ([0-9.]+)x \|", step_row)[0])
+    assert 1.0 < ratio < 50  # an attack step costs more than a training step, and not absurdly more
+    assert re.search(r"\| batched \(vmap\) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|", out)

@@ -1,0 +1,68 @@
+"""The fused distances: same value and gradient as the plain per-layer formulas."""
+
+import pytest
+import torch
+
+from deepleak.attacks.distances import L2, Cosine
+
+SHAPES = [(4, 3, 5, 5), (4,), (10, 64), (10,)]
+
+
+def tensors(seed: int, requires_grad: bool = False) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=generator, dtype=torch.float64).requires_grad_(requires_grad) for s in SHAPES]
+
+
+@pytest.mark.parametrize("distance", [L2(), Cosine()], ids=["l2", "cosine"])
+def test_fused_distance_matches_the_plain_formula_in_value_and_gradient(distance):
+    candidate, target = tensors(0, requires_grad=True), tensors(1)
+    fused = distance(candidate, target)
+    plain = distance.functional(candidate, target)
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-12)
+    for a, b in zip(torch.autograd.grad(fused, candidate), torch.autograd.grad(plain, candidate)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_known_values():
+    target = tensors(1)
+    assert L2()(target, target).item() == 0
+    assert Cosine()(target, target).item() == pytest.approx(0, abs=1e-12)
+    assert Cosine()([-t for t in target], target).item() == pytest.approx(2)
+    assert L2()([2 * t for t in target], target).item() == pytest.approx(sum(float((t * t).sum()) for t in target))
+
+
+def test_cosine_target_norm_follows_the_target():
+    """The cached target norm is recomputed when the target changes (new tensors or in place)."""
+    distance = Cosine()
+    candidate, target = tensors(0), tensors(1)
+    first = distance(candidate, target).item()
+    for t in target:
+        t.mul_(-1)  # in place: same tensors, new version
+    assert distance(candidate, target).item() == pytest.approx(2 - first)
+    other = tensors(2)
+    assert distance(candidate, other).item() == pytest.approx(distance.functional(candidate, other).item())
+
+
+def test_zero_candidate_has_a_finite_cosine_gradient():
+    candidate = [torch.zeros(s, dtype=torch.float64, requires_grad=True) for s in SHAPES]
+    value = Cosine()(candidate, tensors(1))
+    assert value.item() == 1
+    assert all(bool(torch.isfinite(g).all()) for g in torch.autograd.grad(value, candidate))
+
+
+def test_double_backward_through_the_candidate_graph():
+    """As in the attack: the candidate is a gradient of a loss of x; d distance / dx matches
+    the plain formula's."""
+    weight = torch.randn(5, 7, dtype=torch.float64)
+    target = [torch.randn(5, 7, dtype=torch.float64)]
+    start = torch.rand(3, 7, dtype=torch.float64)
+    results = []
+    for use_fused in (True, False):
+        x = start.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        loss = torch.sigmoid(x @ w.T).square().sum()
+        candidate = list(torch.autograd.grad(loss, [w], create_graph=True))
+        distance = Cosine()
+        value = distance(candidate, target) if use_fused else distance.functional(candidate, target)
+        results.append(torch.autograd.grad(value, [x])[0])
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-14)
