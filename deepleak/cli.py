@@ -79,6 +79,24 @@ def _first_override_end(items: list[str]) -> int:
     return len(items)
 
 
+def experiment_sets_scenario(names: str) -> bool:
+    """Whether the preset(s) ``names`` (``a`` or a sweep ``a,b``) choose a scenario themselves
+    (a ``/scenario: ...`` entry in their defaults list)."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from deepleak.config import config_dir  # noqa: PLC0415
+
+    for name in names.split(","):
+        path = config_dir() / "experiment" / f"{name.strip()}.yaml"
+        if path.is_file():
+            for entry in OmegaConf.load(path).get("defaults", []):
+                keys = entry.keys() if OmegaConf.is_dict(entry) else []
+                # "/scenario: fedavg" or "override /scenario: fedavg"
+                if any(str(key).split()[-1].lstrip("/") == "scenario" for key in keys):
+                    return True
+    return False
+
+
 def fail(message: str) -> None:
     sys.stderr.write(f"deepleak: error: {message}\n")
     raise SystemExit(2)
