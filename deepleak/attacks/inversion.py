@@ -2,7 +2,12 @@
 
 The attacker's side of the threat model: :meth:`GradientInversion.reconstruct` receives an
 Observation (public model, recipe, shared gradient) and the restored labels, never the
-private batch. Labels stay fixed (hard labels) during the optimisation.
+private batch. Labels stay fixed (hard labels) during the optimisation, except in attacks
+that optimise them (``optimises_labels``, e.g. :class:`deepleak.attacks.dlg.DLG`).
+
+One loop serves every recipe: the parts (distance, priors, optimiser, schedule) come from
+config, restarts compete on the gradient distance, and an optional
+:class:`~deepleak.attacks.group.GroupConsistency` runs G candidates per restart.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from deepleak.attacks.group import GroupConsistency
+from deepleak.attacks.priors import attach_priors, detach_priors
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation, set_bn_mode
 
@@ -33,6 +40,11 @@ class Reconstruction:
 
     ``gradient_distance`` is the distance (without priors) of the chosen restart;
     ``restart_distances`` lists every restart's final distance (inf where it diverged).
+    ``evaluations`` counts gradient evaluations (one per candidate batch and closure call,
+    plus the scoring of each kept iterate). ``inactive_priors`` names the priors that
+    contributed 0 and why (a BN prior on a model without BN); ``prior_values`` each prior's
+    weighted value on the answer. ``member_distances``: with group consistency, the chosen
+    restart's members' final distances.
     """
 
     images: torch.Tensor
@@ -47,6 +59,10 @@ class Reconstruction:
     stopped_by_budget: bool = False
     interrupted: bool = False  # Ctrl-C / SIGTERM: the best result so far, then the caller stops
     history: list[float] = field(default_factory=list)
+    stopped_by_evaluations: bool = False
+    inactive_priors: dict[str, str] = field(default_factory=dict)
+    member_distances: list[float] = field(default_factory=list)
+    prior_values: dict[str, float] = field(default_factory=dict)
 
 
 def check_loop_settings(iterations: int, restarts: int, budget_s: float | None) -> None:
@@ -59,19 +75,33 @@ def check_loop_settings(iterations: int, restarts: int, budget_s: float | None) 
         raise DeepleakError(f"attack.budget_s must be > 0 seconds (or null), got {budget_s}")
 
 
+class _Stop(Exception):
+    """Raised inside the closure when the wall-clock budget or the evaluation cap is spent."""
+
+
 class GradientInversion:
     """Minimise ``distance(grad L(x, y), g) + sum(priors(x))`` over dummy images x.
 
     - ``optimizer``: a partial that takes the parameter list (e.g. torch.optim.LBFGS).
-    - ``scheduler``: optional partial taking (optimizer, iterations).
+    - ``scheduler``: optional partial taking (optimizer, planned steps).
     - ``iterations``: optimiser steps per restart (for L-BFGS one step runs up to
       ``max_iter`` evaluations).
     - ``restarts``: independent random starts; the one with the smallest gradient distance
       wins.
-    - ``signed``: replace the image gradient by its sign (Inverting Gradients).
+    - ``signed``: replace the variables' gradient by its sign (Inverting Gradients).
     - ``box``: clamp the images to [0, 1] after every step.
     - ``budget_s``: wall-clock cap for the whole reconstruction; the best result so far is kept.
+    - ``group``: optional group consistency (G candidates per restart, see
+      :mod:`deepleak.attacks.group`).
+    - ``max_evaluations``: cap on the gradient evaluations of the optimisation over all
+      restarts and group members, split evenly between restarts (scoring the kept iterate
+      is not counted). Recipes with different optimisers get equal budgets this way.
+
+    When the budget or the cap cuts a step short (inside an L-BFGS line search), the step is
+    undone: the restart keeps the iterate it started the step from.
     """
+
+    optimises_labels = False  # True: the labels are variables; Reconstruction.labels are the attack's own
 
     def __init__(
         self,
@@ -85,8 +115,15 @@ class GradientInversion:
         box: bool = True,
         budget_s: float | None = None,
         log_every: int = 0,
+        group: GroupConsistency | None = None,
+        max_evaluations: int | None = None,
     ) -> None:
         check_loop_settings(iterations, restarts, budget_s)
+        members = group.size if group is not None else 1
+        if max_evaluations is not None and max_evaluations < restarts * members:
+            raise DeepleakError(
+                f"attack.max_evaluations must be >= restarts x group size ({restarts * members}), got {max_evaluations}"
+            )
         self.distance = distance
         self.optimizer = optimizer
         self.priors = dict(priors or {})
@@ -97,15 +134,22 @@ class GradientInversion:
         self.box = box
         self.budget_s = budget_s
         self.log_every = log_every
+        self.group = group
+        self.max_evaluations = max_evaluations
 
+    # ------------------------------------------------------------------ the objective
     def matching_distance(self, model, images: torch.Tensor, labels: torch.Tensor, target) -> torch.Tensor:
-        """Distance between the candidate's gradient at ``model`` and ``target``; keeps the graph."""
+        """Distance between the candidate's gradient at ``model`` and ``target``; keeps the graph.
+
+        ``labels``: class indices (K,) or class probabilities (K, N) (soft labels)."""
         loss = F.cross_entropy(model(images), labels)
         candidate = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
         return self.distance(list(candidate), target)
 
     def objective(self, model, images: torch.Tensor, labels: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total loss, gradient distance) for candidate ``images``; both keep the graph."""
+        """(total loss, gradient distance) for candidate ``images``; both keep the graph.
+
+        The priors run after the matching forward pass, whose activations the BN prior reads."""
         distance = self.matching_distance(model, images, labels, target)
         total = distance
         for prior in self.priors.values():
@@ -124,120 +168,200 @@ class GradientInversion:
         device = next(model.parameters()).device
         return model, [g.to(device) for g in observation.gradient], device
 
+    # ------------------------------------------------------------------ label hooks (DLG)
+    def label_variables(self, labels: torch.Tensor, num_classes: int, members: int,
+                        generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+        """Extra variables for the labels, (G, K, ...); None: the labels stay fixed."""
+        return None
+
+    def loss_labels(self, labels: torch.Tensor, variables: torch.Tensor | None) -> torch.Tensor:
+        """What the cross-entropy of one member uses: the fixed labels here."""
+        return labels
+
+    def answer_labels(self, labels: torch.Tensor, variables: torch.Tensor | None) -> torch.Tensor:
+        """The labels reported with one member's images: the fixed labels here."""
+        return labels
+
+    # ------------------------------------------------------------------ the attack
     def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> Reconstruction:
         """Reconstruct the K images behind ``observation`` given K ``labels``."""
         model, target, device = self.prepare(observation)
         labels = labels.to(device)
-        shape = (len(labels), *observation.recipe.image_shape)
+        members = self.group.size if self.group is not None else 1
+        shape = (members, len(labels), *observation.recipe.image_shape)
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         deadline = start + self.budget_s if self.budget_s else math.inf
+        cap = self.max_evaluations // self.restarts if self.max_evaluations is not None else None
 
+        inactive = attach_priors(self.priors, model)
         best = None
         distances: list[float] = []
-        evaluations = 0
-        nonfinite = 0
-        iterations_done = 0
-        stopped = False
-        interrupted = False
-        for restart in range(self.restarts):
-            if interrupted:
-                break
-            if time.perf_counter() >= deadline:
-                stopped = True
-                break
-            images = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
-            result = self._run_restart(model, images, labels, target, deadline, restart)
-            interrupted = result["interrupted"]
-            evaluations += result["evaluations"]
-            iterations_done += result["iterations"]
-            stopped = stopped or result["stopped"]
-            nonfinite += int(result["nonfinite"])
-            distances.append(result["distance"])
-            if best is None or result["distance"] < best[0]:
-                best = (result["distance"], restart, result["images"], result["history"])
+        evaluations = nonfinite = iterations_done = 0
+        stopped = capped = interrupted = False
+        try:
+            for restart in range(self.restarts):
+                if interrupted:
+                    break
+                if time.perf_counter() >= deadline:
+                    stopped = True
+                    break
+                images = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
+                label_vars = self.label_variables(labels, observation.recipe.num_classes, members, generator, device)
+                result = self._run_restart(model, images, label_vars, labels, target, deadline, cap, restart)
+                interrupted = result["interrupted"]
+                evaluations += result["evaluations"]
+                iterations_done += result["iterations"]
+                stopped = stopped or result["stopped"]
+                capped = capped or result["capped"]
+                nonfinite += int(result["nonfinite"])
+                distances.append(result["distance"])
+                if best is None or result["distance"] < best["distance"]:
+                    best = {**result, "restart": restart}
+        finally:
+            detach_priors(self.priors)
         assert best is not None
-        if not math.isfinite(best[0]):
+        if not math.isfinite(best["distance"]):
             log.warning("every restart diverged; the reconstruction is the last finite iterate")
         return Reconstruction(
-            images=best[2].clamp(0, 1).cpu(),
-            labels=labels.cpu(),
-            gradient_distance=best[0],
+            images=best["images"].clamp(0, 1).cpu(),
+            labels=best["labels"].cpu(),
+            gradient_distance=best["distance"],
             restart_distances=distances,
-            best_restart=best[1],
+            best_restart=best["restart"],
             iterations=iterations_done,
             evaluations=evaluations,
             seconds=time.perf_counter() - start,
             nonfinite_restarts=nonfinite,
             stopped_by_budget=stopped,
             interrupted=interrupted,
-            history=best[3],
+            history=best["history"],
+            stopped_by_evaluations=capped,
+            inactive_priors=inactive,
+            member_distances=best["member_distances"] if self.group is not None else [],
+            prior_values=best["prior_values"],
         )
 
-    def _run_restart(self, model, images, labels, target, deadline, restart) -> dict:
-        optimizer = self.optimizer([images])
-        scheduler = self.scheduler(optimizer, self.iterations) if self.scheduler else None
-        state = {"evaluations": 0, "distance": math.inf}
+    def _members_objective(self, model, images, label_vars, labels, target, anchor):
+        """(total over the G members + group term, [distance of each member])."""
+        total = images.new_zeros(())
+        distances = []
+        for g in range(images.shape[0]):
+            member_labels = self.loss_labels(labels, None if label_vars is None else label_vars[g])
+            member_total, distance = self.objective(model, images[g], member_labels, target)
+            total = total + member_total
+            distances.append(distance)
+        if self.group is not None:
+            total = total + self.group(images, anchor)
+        return total, distances
+
+    def _score(self, model, images, label_vars, labels, target) -> dict:
+        """Score the kept iterate without priors (restarts compete on this distance) and
+        choose the restart's answer: {distance, member_distances, images (K, ...), labels,
+        prior_values (each prior's value on the answer), evaluations}."""
+        def evaluate(x, variables):
+            distance = self.matching_distance(model, x, self.loss_labels(labels, variables), target)
+            # Right after the matching forward pass, which the BN prior reads.
+            priors = {name: float(prior(x).detach()) for name, prior in self.priors.items()}
+            value = float(distance.detach())
+            return (value if math.isfinite(value) else math.inf), priors
+
+        scored = [evaluate(images[g], None if label_vars is None else label_vars[g]) for g in range(len(images))]
+        per_member = [distance for distance, _ in scored]
+        evaluations = len(images)
+        if self.group is not None and self.group.choose == "mean":
+            chosen_vars = None if label_vars is None else label_vars.mean(dim=0)
+            chosen = images.mean(dim=0)
+            distance, priors = evaluate(chosen, chosen_vars)
+            evaluations += 1
+        else:
+            index = self.group.select(per_member) if self.group is not None else 0
+            chosen, chosen_vars = images[index], None if label_vars is None else label_vars[index]
+            distance, priors = scored[index]
+        return {"distance": distance, "member_distances": per_member, "images": chosen,
+                "labels": self.answer_labels(labels, chosen_vars), "prior_values": priors, "evaluations": evaluations}
+
+    def _run_restart(self, model, images, label_vars, labels, target, deadline, cap, restart) -> dict:
+        variables = [images] if label_vars is None else [images, label_vars]
+        members = images.shape[0]
+        optimizer = self.optimizer(variables)
+        # Each step costs at least one evaluation per member: under a cap this is the most
+        # steps the restart can take, and the schedule is planned for it.
+        steps = self.iterations if cap is None else max(1, min(self.iterations, cap // members))
+        scheduler = self.scheduler(optimizer, steps) if self.scheduler else None
+        state = {"evaluations": 0, "distances": [math.inf] * members, "anchor": None, "cause": None}
         history: list[float] = []
-        nonfinite = False
-        stopped = False
-        interrupted = False
 
         def closure() -> torch.Tensor:
-            total, distance = self.objective(model, images, labels, target)
-            # Only the images need a gradient; autograd.grad leaves the model's .grad alone.
-            (gradient,) = torch.autograd.grad(total, [images])
-            images.grad = gradient.sign() if self.signed else gradient
-            state["evaluations"] += 1
-            state["distance"] = float(distance.detach())
+            if time.perf_counter() >= deadline:
+                state["cause"] = "budget"
+                raise _Stop
+            if cap is not None and state["evaluations"] + members > cap:
+                state["cause"] = "evaluations"
+                raise _Stop
+            total, distances = self._members_objective(model, images, label_vars, labels, target, state["anchor"])
+            # Only the variables need a gradient; autograd.grad leaves the model's .grad alone.
+            for variable, gradient in zip(variables, torch.autograd.grad(total, variables)):
+                variable.grad = gradient.sign() if self.signed else gradient
+            state["evaluations"] += members
+            state["distances"] = [float(d.detach()) for d in distances]
             return total.detach()
 
-        progress = tqdm(range(self.iterations), desc=f"restart {restart}", leave=False, disable=None)
+        progress = tqdm(range(steps), desc=f"restart {restart}", leave=False, disable=None)
         done = 0
-        last_finite = images.detach().clone()
+        nonfinite = stopped = capped = interrupted = False
+        last_finite = [v.detach().clone() for v in variables]
+
+        def restore() -> None:
+            with torch.no_grad():
+                for variable, saved in zip(variables, last_finite):
+                    variable.copy_(saved)
+
         for step in progress:
-            if time.perf_counter() >= deadline:
-                stopped = True
-                break
+            if self.group is not None and self.group.refresh_due(step):
+                state["anchor"] = self.group.anchor(images)
             try:
                 loss = optimizer.step(closure)
+            except _Stop:
+                # Undo a step cut short (an L-BFGS line search may have moved the images).
+                restore()
+                stopped, capped = state["cause"] == "budget", state["cause"] == "evaluations"
+                break
             except KeyboardInterrupt:
                 # Keep the last complete iterate; the task records it and then stops.
                 interrupted = True
-                with torch.no_grad():
-                    images.copy_(last_finite)
+                restore()
                 log.warning("interrupted at step %d of restart %d; keeping the best result so far", step, restart)
                 break
-            if not (math.isfinite(float(loss)) and math.isfinite(state["distance"]) and bool(torch.isfinite(images).all())):
+            finite = math.isfinite(float(loss)) and all(math.isfinite(d) for d in state["distances"])
+            if not (finite and all(bool(torch.isfinite(v).all()) for v in variables)):
                 # Diverged: fall back to the last finite iterate and stop this restart.
                 nonfinite = True
                 log.warning("restart %d diverged at step %d; keeping its last finite iterate", restart, step)
-                with torch.no_grad():
-                    images.copy_(last_finite)
+                restore()
                 break
             if self.box:
                 with torch.no_grad():
                     images.clamp_(0, 1)
             if scheduler is not None:
                 scheduler.step()
-            last_finite = images.detach().clone()
+            last_finite = [v.detach().clone() for v in variables]
             done = step + 1
-            history.append(state["distance"])
-            progress.set_postfix(distance=f"{state['distance']:.3g}")
+            distance = min(state["distances"])
+            history.append(distance)
+            progress.set_postfix(distance=f"{distance:.3g}")
             if self.log_every and done % self.log_every == 0:
-                log.info("restart %d step %d: gradient distance %.4g", restart, done, state["distance"])
+                log.info("restart %d step %d: gradient distance %.4g", restart, done, distance)
         progress.close()
-        # Score the iterate we keep exactly, without priors: restarts compete on this number.
-        final = images.detach().clone()
-        distance = float(self.objective(model, final, labels, target)[1].detach())
-        state["evaluations"] += 1
+        final_vars = None if label_vars is None else label_vars.detach().clone()
+        scored = self._score(model, images.detach().clone(), final_vars, labels, target)
         return {
-            "images": final,
-            "distance": distance if math.isfinite(distance) else math.inf,
+            **scored,
             "iterations": done,
-            "evaluations": state["evaluations"],
+            "evaluations": state["evaluations"] + scored["evaluations"],
             "nonfinite": nonfinite,
             "stopped": stopped,
+            "capped": capped,
             "interrupted": interrupted,
             "history": history,
         }

@@ -1,8 +1,34 @@
-"""Image priors added to the gradient distance, each with its weight from config."""
+"""Image priors added to the gradient distance, each with its weight from config.
+
+A prior is a callable ``prior(images) -> scalar tensor`` on one candidate batch
+(K, C, H, W), pixels in [0, 1], that keeps the graph to ``images``: every prior here acts on
+the optimisation (nothing is detached but constants such as the model's running statistics).
+
+A prior that needs the victim's activations also has ``attach(model) -> str | None`` and
+``detach()``. :class:`~deepleak.attacks.inversion.GradientInversion` attaches it to the
+attacker's model copy before the optimisation; the prior then reads what forward hooks
+collected during the matching forward pass of the same candidate (no second forward), so it
+must be called after that pass. ``attach`` returns None when the prior is active, else the
+reason it contributes 0 (recorded in the reconstruction and in metrics.json).
+"""
 
 from __future__ import annotations
 
-from torch import Tensor
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from deepleak.errors import DeepleakError
+
+log = logging.getLogger(__name__)
+
+
+def _check_weight(name: str, weight: float) -> None:
+    if not weight >= 0:  # also rejects NaN
+        raise DeepleakError(f"attack.priors.{name}.weight must be >= 0, got {weight}")
 
 
 class TotalVariation:
@@ -11,9 +37,117 @@ class TotalVariation:
     name = "tv"
 
     def __init__(self, weight: float = 1e-4) -> None:
+        _check_weight(self.name, weight)
         self.weight = weight
 
     def __call__(self, images: Tensor) -> Tensor:
         dx = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().mean()
         dy = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().mean()
         return self.weight * (dx + dy)
+
+
+class L2Norm:
+    """weight * (1/K) sum_k ||x_k - center||_2: the Euclidean norm of each image's C*H*W
+    pixels, averaged over the K images (Yin et al.'s R_l2, as in DeepInversion's code).
+
+    Yin et al. apply it to normalised images, whose zero is the data mean; deepleak's pixels
+    are in [0, 1] and the attacker knows no data mean, so ``center`` (default 0.5, mid-grey)
+    takes that role; ``center=0`` is the literal ||x||_2. The norm, not its square, so the
+    pull has the same strength at any distance (its gradient has norm weight / K per image).
+    """
+
+    name = "l2"
+
+    def __init__(self, weight: float = 1e-4, center: float = 0.5) -> None:
+        _check_weight(self.name, weight)
+        self.weight = weight
+        self.center = center
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.weight * (images - self.center).flatten(1).norm(dim=1).mean()
+
+
+class BatchNormStatistics:
+    """weight * sum over BN layers l of ||mu_l(x) - running_mean_l||_2 + ||var_l(x) - running_var_l||_2
+    (Yin et al. 2021, from DeepInversion): mu_l, var_l are the per-channel mean and biased
+    variance of the candidate batch at the input of BN layer l (over batch and spatial
+    positions), collected by forward hooks during the matching forward pass; the running
+    statistics are those of the public model when the prior is attached (copied then,
+    because a train-mode forward pass updates them).
+
+    It acts whatever the BN mode: the statistics are those of the layer's input. On a model
+    without BN layers (with running statistics) it logs a warning once and contributes 0;
+    ``attach`` returns the reason.
+    """
+
+    name = "bn"
+
+    def __init__(self, weight: float = 1e-2) -> None:
+        _check_weight(self.name, weight)
+        self.weight = weight
+        self._handles: list = []
+        self._reference: list[tuple[Tensor, Tensor]] = []
+        self._stats: list[tuple[Tensor, Tensor] | None] = []
+        self._warned = False
+        self.inactive: str | None = "not attached to a model"
+
+    def attach(self, model: nn.Module) -> str | None:
+        """Hook every BN layer of ``model``; returns None, or why the prior contributes 0."""
+        self.detach()
+        layers = [m for m in model.modules()
+                  if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None]
+        if not layers:
+            self.inactive = f"{type(model).__name__} has no batch-norm layers with running statistics; the bn prior contributes 0"
+            if not self._warned:
+                log.warning("%s", self.inactive)
+                self._warned = True
+            return self.inactive
+        self.inactive = None
+        self._reference = [(m.running_mean.detach().clone(), m.running_var.detach().clone()) for m in layers]
+        self._stats = [None] * len(layers)
+        self._handles = [layer.register_forward_pre_hook(self._hook(i)) for i, layer in enumerate(layers)]
+        return None
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._reference, self._stats = [], [], []
+        self.inactive = "not attached to a model"
+
+    def _hook(self, index: int):
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            x = inputs[0]
+            dims = [0, *range(2, x.dim())]  # all but the channel dimension
+            self._stats[index] = (x.mean(dims), x.var(dims, unbiased=False))
+        return hook
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if self.inactive is not None:
+            return images.new_zeros(())
+        if any(s is None for s in self._stats):
+            raise RuntimeError("the bn prior reads the matching forward pass: run the model on the candidate first")
+        total = images.new_zeros(())
+        for (mean, var), (running_mean, running_var) in zip(self._stats, self._reference):
+            total = total + (mean - running_mean).norm() + (var - running_var).norm()
+        return self.weight * total
+
+
+def attach_priors(priors: dict, model: nn.Module | Sequence[nn.Module]) -> dict[str, str]:
+    """Attach every prior that has ``attach`` to ``model`` (for a list of models, the first:
+    the public model W_0); returns {name: why it contributes 0} for the inactive ones."""
+    first = model[0] if isinstance(model, (list, tuple)) else model
+    inactive = {}
+    for name, prior in priors.items():
+        attach = getattr(prior, "attach", None)
+        if attach is not None:
+            reason = attach(first)
+            if reason:
+                inactive[name] = reason
+    return inactive
+
+
+def detach_priors(priors: dict) -> None:
+    for prior in priors.values():
+        detach = getattr(prior, "detach", None)
+        if detach is not None:
+            detach()

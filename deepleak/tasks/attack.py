@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = (
     "label_accuracy", "count_accuracy", "count_accuracy_present", "existence_accuracy",
-    "exact_batch", "psnr_mean", "ssim_mean", "lpips_mean", "mse_mean", "gradient_distance",
+    "exact_batch", "restored_label_accuracy", "attack_label_accuracy", "evaluations", "psnr_mean", "ssim_mean", "lpips_mean", "mse_mean", "gradient_distance",
     "attack_seconds",
 )
 
@@ -114,6 +114,19 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         "local_steps": observation.local_steps,
         **metrics.label_metrics(restored, true_labels, dataset.num_classes),
     }
+    if reconstruction is not None and getattr(attack, "optimises_labels", False):
+        # The attack chose its own labels (DLG): the label metrics are those of the labels it
+        # used; the restored labels' accuracy stays in restored_label_accuracy.
+        record.update(
+            labels_source="attack",
+            attack_labels=reconstruction.labels.tolist(),
+            restored_label_accuracy=record["label_accuracy"],
+            restored_label_metrics=metrics.label_metrics(restored, true_labels, dataset.num_classes),
+            **metrics.label_metrics(reconstruction.labels, true_labels, dataset.num_classes),
+        )
+        record["attack_label_accuracy"] = record["label_accuracy"]
+    else:
+        record.update(labels_source="restored", restored_label_accuracy=record["label_accuracy"])
     if reconstruction is not None:
         scores = metrics.image_metrics(reconstruction.images, private.images.cpu(), reconstruction.labels,
                                        true_labels, lpips_metric)
@@ -128,7 +141,12 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
             nonfinite_restarts=reconstruction.nonfinite_restarts,
             stopped_by_budget=reconstruction.stopped_by_budget,
             interrupted=reconstruction.interrupted,
+            stopped_by_evaluations=reconstruction.stopped_by_evaluations,
+            inactive_priors=reconstruction.inactive_priors,
+            prior_values=reconstruction.prior_values,
         )
+        if reconstruction.member_distances:
+            record["member_distances"] = reconstruction.member_distances
         epoch_images = getattr(reconstruction, "epoch_images", None)
         if epoch_images is not None:
             # FedAvg replay: each epoch's dummies (matched to the output) scored like the output.
