@@ -31,6 +31,12 @@ def _squared_norm(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(list(tensors))).square().sum()
 
 
+def _scalar(value: Tensor) -> Tensor | float:
+    """A 0-dim tensor as a Python number on CPU (cheaper foreach kernels; no sync to avoid
+    there), kept a tensor on a GPU (no device sync)."""
+    return value.item() if value.device.type == "cpu" else value
+
+
 class _TargetCache:
     """Statistics of the target that do not change between steps, recomputed only when the
     target tensors (identity or in-place version) change."""
@@ -57,7 +63,7 @@ class _L2Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        gradients = torch._foreach_mul(ctx.difference, 2 * grad)
+        gradients = torch._foreach_mul(ctx.difference, _scalar(2 * grad))
         return (None, *gradients, *([None] * len(gradients)))
 
 
@@ -81,8 +87,14 @@ class _CosineFunction(torch.autograd.Function):
         a = -grad / denominator
         scale = candidate_norm * denominator**2
         b = torch.where(scale > 0, grad * dot * target_norm / scale, torch.zeros_like(scale))
-        gradients = torch._foreach_mul(list(target), a)
-        torch._foreach_add_(gradients, torch._foreach_mul(list(candidate), b))
+        if a.device.type == "cpu":
+            # Python scalars: one fused pass per layer fewer (45 -> 25 ms on ResNet-18's 11M
+            # parameters, one thread); on a GPU the tensor scalars avoid a sync instead.
+            gradients = torch._foreach_mul(list(target), a.item())
+            torch._foreach_add_(gradients, list(candidate), alpha=b.item())
+        else:
+            gradients = torch._foreach_mul(list(target), a)
+            torch._foreach_add_(gradients, torch._foreach_mul(list(candidate), b))
         return (None, None, None, *gradients, *([None] * len(target)))
 
 

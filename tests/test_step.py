@@ -1,0 +1,49 @@
+"""The double-backward-friendly convolution: same values and gradients, first and second order."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepleak.attacks.step import fast_double_backward
+from deepleak.models import LeNet, ResNet18
+from deepleak.scenarios.base import set_bn_mode
+
+
+def image_gradient(model, images, labels, target):
+    """The attack's quantity: d/dx <grad_theta CE(model(x), y), target>, and grad_theta itself."""
+    params = list(model.parameters())
+    x = images.clone().requires_grad_(True)
+    candidate = torch.autograd.grad(F.cross_entropy(model(x), labels), params, create_graph=True)
+    (gx,) = torch.autograd.grad(candidate, [x], grad_outputs=target)
+    return [c.detach() for c in candidate], gx
+
+
+@pytest.mark.parametrize("make, pixels", [
+    (lambda: LeNet(10, (3, 15, 15), width=6), 15),            # strided, bias, odd size: output padding
+    (lambda: ResNet18(10, (3, 8, 8), width=4, activation_fn="sigmoid"), 8),  # BN, shortcuts, no bias
+])
+def test_fast_convolutions_give_the_native_gradients(make, pixels):
+    torch.manual_seed(0)
+    native = set_bn_mode(make().double(), "train")
+    fast = fast_double_backward(copy.deepcopy(native), min_channels=1)
+    assert any("forward" in vars(m) for m in fast.modules())  # the path is really taken
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, pixels, pixels, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([1, 7])
+    target = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in native.parameters()]
+    candidate_native, gx_native = image_gradient(native, images, labels, target)
+    candidate_fast, gx_fast = image_gradient(fast, images, labels, target)
+    for a, b in zip(candidate_fast, candidate_native):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(gx_fast, gx_native, rtol=1e-9, atol=1e-12)
+    assert float(gx_native.abs().max()) > 1e-6  # a real gradient, not zeros on both sides
+
+
+def test_narrow_layers_stay_native_by_default():
+    model = fast_double_backward(LeNet(10, width=32))  # 32 channels < 64
+    assert not any("forward" in vars(m) for m in model.modules())
+    wide = fast_double_backward(ResNet18(10, width=64))
+    patched = [m for m in wide.modules() if "forward" in vars(m)]
+    assert patched and all(m.in_channels >= 64 for m in patched)
