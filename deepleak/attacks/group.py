@@ -15,8 +15,14 @@ also move the anchor toward each member. Yin et al. register the members before 
 every member, so members are paired by position, but a shift between two members' versions of
 an image blurs their mean.
 
-The restart's answer is the member with the smallest gradient distance (``choose=best``), or
-the group mean scored like a member (``choose=mean``).
+The restart's answer is the group mean, scored like a member (``choose=mean``, the default),
+or the member with the smallest gradient distance (``choose=best``). Measured on untrained
+LeNet (width 32, 32 px, batch 4, 3 members, 1000 Adam steps, 2 batches), the mean is the
+better answer at every group weight tried, although its gradient distance is larger:
+PSNR 13.65 / 13.47 / 13.54 / 13.44 dB (mean) against 12.79 / 11.72 / 12.45 / 13.28 dB (best)
+at weight 0.01 / 1 (anchor every 50 steps) / 10 / 100 (every 20); with one member, 12.49 dB.
+Averaging removes the members' independent noise; the weight itself moved the mean by less
+than the trial-to-trial noise.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class GroupConsistency:
     """``size`` members (G), ``weight`` of R_group, anchor refresh ``every`` steps, and how a
     restart chooses its answer (``choose``: best | mean). Images: (G, K, C, H, W)."""
 
-    def __init__(self, size: int = 4, weight: float = 1e-2, every: int = 50, choose: str = "best") -> None:
+    def __init__(self, size: int = 3, weight: float = 1.0, every: int = 50, choose: str = "mean") -> None:
         if size < 1:
             raise DeepleakError(f"attack.group.size must be >= 1, got {size}")
         if not weight >= 0:
