@@ -246,6 +246,21 @@ def test_bn_prior_changes_the_reconstruction_on_a_bn_model():
     assert gain > 0.5  # measured: 7.5 vs 6.5 dB after 60 Adam steps
 
 
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_bn_prior_acts_in_both_bn_modes_with_every_activation(bn_mode, activation):
+    data = SampleDataset(num_classes=10, resolution=16, crops_per_class=4)
+    images, labels = data.batch([0, 4])
+    torch.manual_seed(0)
+    model = ResNet18(10, image_shape=(3, 16, 16), width=4, activation_fn=activation)
+    observation = FedSGD(bn_mode=bn_mode).observe(model, PrivateBatch(images, labels), 10)
+    assert observation.recipe.bn_mode == bn_mode
+    result = GradientInversion(L2(), ADAM, priors={"bn": BatchNormStatistics(1.0)}, iterations=3).reconstruct(
+        observation, labels)
+    assert result.inactive_priors == {} and result.iterations == 3
+    assert 0 < result.prior_values["bn"] < math.inf and math.isfinite(result.gradient_distance)
+
+
 # --------------------------------------------------------------------------- group consistency
 
 def test_group_consistency_runs_members_and_keeps_the_best():
