@@ -91,7 +91,7 @@ def test_part_values_and_parts_can_be_overridden(compose):
 
 
 def test_cfg_job_after_an_override(deepleak):
-    """`deepleak attack attack=geng --cfg job`: an override before a flag."""
+    """`deepleak attack attack=gradinversion --cfg job`: an override before a flag."""
     result = deepleak("attack", "attack=gradinversion", "--cfg", "job")
     assert result.returncode == 0, result.stderr
     cfg = OmegaConf.create(result.stdout)
