@@ -104,6 +104,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
 
     # --- metrics: the only place the truth is used again -----------------------------
     true_labels = private.labels.cpu()
+    restored_metrics = metrics.label_metrics(restored, true_labels, dataset.num_classes)
     record: dict[str, Any] = {
         "trial": trial,
         "seeds": seeds,
@@ -112,21 +113,20 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         "restored_labels": restored.tolist(),
         "label_seconds": label_seconds,
         "local_steps": observation.local_steps,
-        **metrics.label_metrics(restored, true_labels, dataset.num_classes),
+        **restored_metrics,
+        "labels_source": "restored",
+        "restored_label_accuracy": restored_metrics["label_accuracy"],
     }
     if reconstruction is not None and getattr(attack, "optimises_labels", False):
         # The attack chose its own labels (DLG): the label metrics are those of the labels it
-        # used; the restored labels' accuracy stays in restored_label_accuracy.
+        # used; the restored labels' are kept under restored_label_*.
         record.update(
             labels_source="attack",
             attack_labels=reconstruction.labels.tolist(),
-            restored_label_accuracy=record["label_accuracy"],
-            restored_label_metrics=metrics.label_metrics(restored, true_labels, dataset.num_classes),
+            restored_label_metrics=restored_metrics,
             **metrics.label_metrics(reconstruction.labels, true_labels, dataset.num_classes),
         )
         record["attack_label_accuracy"] = record["label_accuracy"]
-    else:
-        record.update(labels_source="restored", restored_label_accuracy=record["label_accuracy"])
     if reconstruction is not None:
         scores = metrics.image_metrics(reconstruction.images, private.images.cpu(), reconstruction.labels,
                                        true_labels, lpips_metric)
