@@ -20,7 +20,7 @@ from deepleak import metrics
 from deepleak.data import SampleDataset
 from deepleak.data.distributions import Random, Unique
 from deepleak.labels import ZeroShot
-from deepleak.labels.fedavg import Interpolated, Simulated
+from deepleak.labels.fedavg import Fitted, Interpolated, Simulated
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 from deepleak.tasks.attack import trial_seeds
@@ -36,6 +36,7 @@ METHODS = {
     "interp_weights": lambda: Interpolated(interpolate="weights"),
     "interp_sim_end": lambda: Interpolated(end="simulated"),
     "simulated": lambda: Simulated(),
+    "fitted": lambda: Fitted(),
 }
 
 
@@ -50,14 +51,16 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=12)
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--distribution", default="random", choices=["random", "unique"])
+    parser.add_argument("--init-scale", default="0.5", help="LeNet init U(-s, s); null: PyTorch's default")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = args.methods.split(",")
     classes = args.classes
     dataset = SampleDataset(num_classes=classes, resolution=32)
     distribution = Random() if args.distribution == "random" else Unique()
-    model_cfg = {"_target_": "deepleak.models.LeNet", "width": args.width, "activation_fn": "sigmoid", "init_scale": 0.5}
-    print(f"N={args.n} B={args.b}, LeNet-{args.width}, {classes} classes, {args.distribution} labels, "
+    model_cfg = {"_target_": "deepleak.models.LeNet", "width": args.width, "activation_fn": "sigmoid",
+                 "init_scale": None if args.init_scale == "null" else float(args.init_scale)}
+    print(f"N={args.n} B={args.b}, LeNet-{args.width} (init {args.init_scale}), {classes} classes, {args.distribution} labels, "
           f"{args.clients} clients per point; label accuracy")
     print("| eta | E | T | " + " | ".join(names) + " | prototype pseudo / start-end |")
     print("|---|---|---|" + "---|" * len(names) + "---|")

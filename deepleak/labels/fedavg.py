@@ -10,6 +10,10 @@ for the model moving during the T local steps:
   steps; the per-step counts K p_t - K S / O_t are averaged. It wraps any label method that
   has ``counts(observation)`` (and, for ``interpolate='statistics'``, ``dummy_statistics``),
   so zero-shot and every other count-based method can use it.
+- :class:`Fitted` (deepleak's): fits the classifier's T local steps to the shared classifier
+  update, with one unknown feature vector and one soft label per sample; the labels that
+  explain the update best give the counts. It uses the whole (C, M) update, not only its
+  row sums, and holds up best where the weights travel far (DLG's initialisation, large eta).
 - :class:`Simulated` (deepleak's): replays the client's recipe on dummy inputs labelled with a
   first estimate and reads off, per sample, how much of the pseudo-gradient's class row sums
   its own class and the other classes make as the model fits it; the counts then solve the
@@ -23,16 +27,19 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from deepleak.errors import DeepleakError
-from deepleak.labels.base import counts_to_labels, dummy_images, last_layer_gradient
+from deepleak.labels.base import counts_to_labels, dummy_images, last_layer_gradient, probe
 from deepleak.labels.zeroshot import ZeroShot
 from deepleak.scenarios.base import Observation, set_bn_mode
+from deepleak.models import classifier_parameter_names
 from deepleak.scenarios.fedavg import local_sgd
 
 log = logging.getLogger(__name__)
@@ -263,4 +270,117 @@ class Simulated:
         return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
 
 
-__all__ = ["Interpolated", "Simulated", "simulate_training", "with_weights"]
+class Fitted:
+    """Counts from fitting the classifier's local training to the shared update.
+
+    With features h_k (M,) and logits z = W h + b, the T local steps move the classifier by
+
+        W_T - W_0 = -eta sum_t (1/B) sum_{k in b_t} (p_tk - y_k) h_k^T,  b_T - b_0 likewise,
+
+    a (C, M) matrix of rank <= N. The server knows W_0, W_T, eta and T, not h_k, y_k or the
+    batch order. Unknowns: one feature vector per sample (held fixed over the T steps) and one
+    soft label per sample (softmax of free logits). The classifier's T steps are replayed with
+    the mean over all N samples in every step (the same first-order displacement as any batch
+    order, which the server does not know), and Adam minimises the relative squared error
+    |dW_sim - dW|^2 / |dW|^2 + |db_sim - db|^2 / |db|^2; the counts are the soft labels' sum.
+
+    - ``iterations``, ``lr``: Adam steps and rate.
+    - ``start``: the first estimate of the labels (default: :class:`Interpolated`); features
+      start at the public model's features of uniform dummy inputs.
+    - Features are kept in the range the dummies' features show: (0, 1) through a sigmoid
+      (sigmoid nets), >= 0 through a softplus (ReLU nets), else unconstrained.
+
+    Measured (scripts/fedavg_labels.py): at N = 8, B = 4, E = 2, eta = 0.01 on the DLG LeNet-12
+    0.956 against 0.906 (interpolated) and 0.931 (simulated). What it cannot see: the features
+    move as the body of the network trains, and the per-step batch order matters where single
+    steps move the logits far; there the fit finds a wrong label set with a small residual.
+    """
+
+    name = "fitted"
+
+    def __init__(
+        self,
+        iterations: int = 1000,
+        lr: float = 0.05,
+        start: Any = None,
+        rounding: str = "largest_remainder",
+        seed: int = 0,
+    ) -> None:
+        if iterations < 1:
+            raise DeepleakError(f"labels.iterations must be >= 1, got {iterations}")
+        if lr <= 0:
+            raise DeepleakError(f"labels.lr must be > 0, got {lr}")
+        self.iterations = int(iterations)
+        self.lr = float(lr)
+        self.start = start if start is not None else Interpolated(seed=seed)
+        if not hasattr(self.start, "restore"):
+            raise DeepleakError("labels.start must be a label method (it gives the first estimate)")
+        self.rounding = rounding
+        self.seed = int(seed)
+
+    @staticmethod
+    def _feature_range(features: torch.Tensor):
+        """(to_free, from_free): the map that keeps fitted features in the dummies' range."""
+        low, high = float(features.min()), float(features.max())
+        if low >= 0 and high <= 1:
+            return (lambda h: torch.logit(h.clamp(1e-4, 1 - 1e-4))), torch.sigmoid
+        if low >= 0:
+            return (lambda h: h.clamp(min=1e-4).expm1().log()), F.softplus
+        return (lambda h: h), (lambda u: u)
+
+    def fit(self, observation: Observation) -> tuple[torch.Tensor, float]:
+        """(soft labels (N, C), final relative residual)."""
+        weights = _shared_weights(observation)
+        recipe = observation.recipe
+        n, c = recipe.num_samples, recipe.num_classes
+        weight_name, bias_name = classifier_parameter_names(observation.model)
+        names = [name for name, _ in observation.model.named_parameters()]
+        start = dict(observation.model.named_parameters())
+        w0 = start[weight_name].detach().double().cpu()
+        dw = weights[names.index(weight_name)].detach().double().cpu() - w0
+        b0 = start[bias_name].detach().double().cpu() if bias_name else None
+        db = weights[names.index(bias_name)].detach().double().cpu() - b0 if bias_name else None
+
+        features, _ = probe(observation, dummy_images(observation, n, self.seed + 1))
+        to_free, from_free = self._feature_range(features.double().cpu())
+        free_features = to_free(features.double().cpu()).clone().requires_grad_(True)
+        first = self.start.restore(observation).cpu()
+        free_labels = (3.0 * F.one_hot(first, c).double()).requires_grad_(True)
+        optimizer = torch.optim.Adam([free_features, free_labels], lr=self.lr)
+        steps = observation.local_steps
+        rate = recipe.lr * math.ceil(n / recipe.batch_size) * recipe.epochs / steps  # = eta for whole epochs
+        dw_norm = dw.pow(2).sum().clamp(min=1e-300)
+        db_norm = db.pow(2).sum().clamp(min=1e-300) if db is not None else None
+        residual = math.inf
+        for _ in tqdm(range(self.iterations), desc="fitted labels", leave=False, disable=None):
+            h = from_free(free_features)
+            y = torch.softmax(free_labels, dim=1)
+            w, b = w0, b0
+            for _step in range(steps):
+                logits = h @ w.T + (b if b is not None else 0)
+                g = (torch.softmax(logits, dim=1) - y) / n
+                w = w - rate * g.T @ h
+                if b is not None:
+                    b = b - rate * g.sum(dim=0)
+            loss = (w - w0 - dw).pow(2).sum() / dw_norm
+            if b is not None:
+                loss = loss + (b - b0 - db).pow(2).sum() / db_norm
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            residual = float(loss.detach())
+        if not math.isfinite(residual):
+            raise DeepleakError("fitted label counts are not finite: the shared weights hold NaN or inf")
+        return torch.softmax(free_labels.detach(), dim=1), residual
+
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """Real-valued class counts (num_classes,) summing to N."""
+        soft, residual = self.fit(observation)
+        log.debug("fitted labels: relative residual %.3g", residual)
+        return soft.sum(dim=0)
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
+
+
+__all__ = ["Fitted", "Interpolated", "Simulated", "simulate_training", "with_weights"]
