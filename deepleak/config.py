@@ -131,6 +131,8 @@ def explain(error: BaseException, command: str = "attack") -> str:
 
 
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"}
+MODE_FLAGS = {"-m": "multirun", "--multirun": "multirun", "--cfg": "cfg", "-c": "cfg", "--info": "info", "-i": "info",
+              "--shell-completion": "shell", "-sc": "shell"}
 SKIP_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
 
 
@@ -189,6 +191,10 @@ def precheck(args: list[str], config_name: str = "config", validate: Any = None,
     if validate is None:
         from deepleak.tasks.attack import validate  # noqa: PLC0415
 
+    modes = [item for item in args if item in MODE_FLAGS]
+    if len({MODE_FLAGS[item] for item in modes}) > 1:
+        raise DeepleakError(f"{' and '.join(modes)} cannot be combined: Hydra takes one of --multirun, --cfg, --info, "
+                            "--shell-completion (drop -m to print the configuration of one job)")
     overrides, multirun, skip = split_flags(args)
     if skip:
         return

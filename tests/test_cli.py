@@ -21,6 +21,7 @@ def run_dirs(root: Path) -> list[Path]:
         (["batch_size=100000"], "100000"),
         (["attack.iterations=abc"], "attack.iterations"),
         (["-m", "batch_size=1,abc"], "batch_size must be of type int"),
+        (["-m", "batch_size=1,2", "--cfg", "job"], "-m and --cfg cannot be combined"),
     ],
 )
 def test_user_errors_end_in_one_line(deepleak, tmp_path, args, expected):
