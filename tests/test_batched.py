@@ -78,6 +78,23 @@ def test_batch_norm_runs_on_each_restarts_own_batch(float64, bn_mode):
     assert all(torch.equal(a, b) for a, b in zip(running, observation.model.buffers()))
 
 
+def test_fast_convolutions_of_the_attackers_model_do_not_change_batched_results(float64, monkeypatch):
+    """Once GradientInversion.prepare applies step.fast_double_backward, the batched path
+    (torch.func transforms) falls back to the native convolution and still agrees."""
+    from deepleak.attacks.step import fast_double_backward
+
+    torch.manual_seed(2)
+    model = ResNet18(10, (3, 8, 8), width=4, activation_fn="sigmoid")
+    observation, labels = observe(model, k=2, pixels=8)
+    attack = ig(iterations=2, restarts=2)
+    sequential = attack.reconstruct(observation, labels, seed=0)
+    prepare = attack.prepare
+    monkeypatch.setattr(attack, "prepare", lambda obs: (fast_double_backward(prepare(obs)[0], min_channels=1),
+                                                        *prepare(obs)[1:]))
+    assert_same(sequential, reconstruct_batched(attack, observation, labels, seed=0))
+    assert_same(sequential, attack.reconstruct(observation, labels, seed=0))
+
+
 def test_diverging_restarts_are_frozen_like_sequential_ones(float64):
     torch.manual_seed(0)
     observation, labels = observe(LeNet(10, (3, 16, 16), width=8), k=1)

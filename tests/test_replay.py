@@ -13,10 +13,12 @@ from deepleak.scenarios import FedAvg, PrivateBatch
 LENET = {"_target_": "deepleak.models.LeNet", "width": 6, "activation_fn": "sigmoid", "init_scale": 0.5}
 
 
-@pytest.mark.parametrize("stores", [0, 1, 2, 5])
+@pytest.mark.parametrize("stores, whole", [(0, False), (1, False), (2, False), (5, False), (2, True)])
 @pytest.mark.parametrize("every", [0, 3])
-def test_reverse_pass_equals_the_unrolled_gradient(monkeypatch, stores, every):
+def test_reverse_pass_equals_the_unrolled_gradient(monkeypatch, stores, whole, every):
     monkeypatch.setattr(replay_module, "STORED_WEIGHTS", stores)
+    if not whole:  # LeNet's weights are small: force the bisection a ResNet would take
+        monkeypatch.setattr(replay_module, "SEGMENT_BYTES", 0)
     model = build_model(LENET, 10, (3, 12, 12), seed=0)
     generator = torch.Generator().manual_seed(0)
     batch = PrivateBatch(torch.rand(7, 3, 12, 12, generator=generator), torch.arange(7) % 10)
@@ -39,8 +41,11 @@ def test_reverse_pass_equals_the_unrolled_gradient(monkeypatch, stores, every):
     assert float(expected.abs().max()) > 0
 
 
-def test_recomputation_stays_bounded(monkeypatch):
+@pytest.mark.parametrize("whole", [False, True])
+def test_recomputation_stays_bounded(monkeypatch, whole):
     """Stored sets trade against recomputed steps: T = 16 from W_0 alone."""
+    if not whole:
+        monkeypatch.setattr(replay_module, "SEGMENT_BYTES", 0)
     calls = {"n": 0}
     original = Client.step
 
@@ -57,6 +62,10 @@ def test_recomputation_stays_bounded(monkeypatch):
     start = [p.detach() for p in observation.model.parameters()]
     Replay(L2(), torch.optim.LBFGS).weight_distance(client, start, torch.rand(16, 3, 8, 8),
                                                     list(observation.gradient_view().gradient))
-    # 16 forward + 16 reverse steps + recomputation: bisection (2 stores) then quadratic in 4-step stretches.
+    # 16 forward + 16 reverse steps + recomputation: the whole stretch stored (15 steps), or
+    # bisection (2 stores) then quadratic in 4-step stretches.
     recomputed = calls["n"] - 32
-    assert 0 < recomputed <= 16 * 4, recomputed
+    if whole:  # 16 x 0.02 MB fits SEGMENT_BYTES
+        assert recomputed == 15
+    else:
+        assert 15 < recomputed <= 16 * 4, recomputed

@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 
 
 def check_batchable(attack) -> None:
-    """Raise a DeepleakError when ``attack``'s restarts cannot run as one batch."""
+    """Raise a DeepleakError when ``attack``'s restarts cannot run as one batch (callable at
+    construction: it needs the settings only)."""
+    if getattr(attack.optimizer, "func", attack.optimizer) is torch.optim.LBFGS:
+        raise DeepleakError("batched restarts need an elementwise optimiser (Adam, SGD): L-BFGS couples the restarts")
     if getattr(attack, "group", None) is not None:
         raise DeepleakError("batched restarts do not support group consistency (attack.group); run them sequentially")
     if getattr(attack, "optimises_labels", False):

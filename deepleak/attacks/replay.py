@@ -25,11 +25,12 @@ Memory stays flat in T: the forward pass keeps only the weights at every
 ``checkpoint_every``-th step (default: W_0 alone); the backward pass walks the steps in
 reverse, back-propagating through one SGD step at a time (a vector-Jacobian product through
 the step's own double backward) and recomputing the weights it needs by bisection of each
-segment with at most ``STORED_WEIGHTS`` stored weight sets, and hands freed heap pages back
-to the OS after each reverse step of a large model. Measured (scripts/bench.py, ResNet-18,
-32 px, N = B = 2, peak RSS growth): E = 10 over E = 1 was 2.08x and 1.86x (two runs) with
-the former ceil(sqrt(T)) checkpoints, each of whose segments was kept whole; it is 1.63x and
-1.55x now, for about 18% more time per simulated step at E = 10 (recomputation). The image
+segment with at most ``STORED_WEIGHTS`` stored weight sets (short stretches of small weights
+are stored whole), and hands freed heap pages back to the OS after each reverse step of a
+large model. Measured (scripts/bench.py, peak RSS growth, E = 10 over E = 1): ResNet-18 at
+32 px, N = B = 2, was 2.08x and 1.86x (two runs) with the former ceil(sqrt(T)) checkpoints,
+each of whose segments was kept whole, and is 1.55-1.63x now, for 18-25% more time per
+simulated step at E = 10 (recomputation); LeNet, N = 8, B = 2: 1.49x, +28% time. The image
 gradient equals that of the fully unrolled graph (tests/test_fedavg.py and
 tests/test_replay.py check this).
 """
@@ -102,6 +103,9 @@ def release_freed_memory(weights: list[torch.Tensor]) -> None:
 # Weight sets the reverse pass may store between checkpoints (see Client._reverse): 2 measured
 # 1.55-1.69x of E = 1's memory at E = 10 on ResNet-18, 1 no lower, for more recomputation.
 STORED_WEIGHTS = 2
+# A stretch whose weight sets together take at most this much is stored whole instead of
+# bisected further (LeNet: 0.3 MB per set, stretches of up to 13 steps; ResNet-18: never).
+SEGMENT_BYTES = 4 * 2**20
 
 
 class Client:
@@ -169,10 +173,20 @@ class Client:
         returns d(objective)/d(W_first) and adds the steps' image gradients to ``grad``.
 
         Bisection with at most ``stores`` stored weight sets: recompute the weights at the
-        midpoint, reverse the second half, then the first; once the stores are used up, each
-        step's weights are recomputed from the last stored ones (quadratic in that stretch)."""
+        midpoint, reverse the second half, then the first. A stretch whose weights take at most
+        ``SEGMENT_BYTES`` is stored whole instead; once the stores are used up, each step's
+        weights are recomputed from the last stored ones (quadratic in that stretch)."""
         stores = STORED_WEIGHTS if stores is None else stores
+        set_bytes = sum(w.numel() * w.element_size() for w in weights)
         while last - first > 1:
+            if (last - first) * set_bytes <= SEGMENT_BYTES:
+                # A short stretch of small weights: store it whole, one recomputation per step.
+                segment = [weights]
+                for t in range(first, last - 1):
+                    segment.append(self._advance(segment[-1], t, t + 1, variables))
+                for t in reversed(range(first + 1, last)):
+                    adjoint = self._reverse_step(t, segment.pop(), variables, adjoint, grad)
+                break
             if stores == 0:
                 for t in reversed(range(first + 1, last)):
                     adjoint = self._reverse_step(t, self._advance(weights, first, t, variables), variables, adjoint, grad)
