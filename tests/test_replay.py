@@ -62,10 +62,10 @@ def test_recomputation_stays_bounded(monkeypatch, whole):
     start = [p.detach() for p in observation.model.parameters()]
     Replay(L2(), torch.optim.LBFGS).weight_distance(client, start, torch.rand(16, 3, 8, 8),
                                                     list(observation.gradient_view().gradient))
-    # 16 forward + 16 reverse steps + recomputation: the whole stretch stored (15 steps), or
-    # bisection (2 stores) then quadratic in 4-step stretches.
+    # 16 forward + 16 reverse steps + recomputation: small weights, checkpoints every 4 steps
+    # and each segment stored whole (3 steps each), or bisection (2 stores) then quadratic.
     recomputed = calls["n"] - 32
-    if whole:  # 16 x 0.02 MB fits SEGMENT_BYTES
-        assert recomputed == 15
+    if whole:
+        assert recomputed == 4 * 3
     else:
         assert 15 < recomputed <= 16 * 4, recomputed

@@ -22,15 +22,17 @@ The batch order is unknown to the server. Handled as in Dimitrov et al.:
   assignment then follows them (ambiguous only among same-label images).
 
 Memory stays flat in T: the forward pass keeps only the weights at every
-``checkpoint_every``-th step (default: W_0 alone); the backward pass walks the steps in
+``checkpoint_every``-th step (default: W_0 alone, or every ceil(sqrt(T)) steps for small
+weights); the backward pass walks the steps in
 reverse, back-propagating through one SGD step at a time (a vector-Jacobian product through
 the step's own double backward) and recomputing the weights it needs by bisection of each
 segment with at most ``STORED_WEIGHTS`` stored weight sets (short stretches of small weights
 are stored whole), and hands freed heap pages back to the OS after each reverse step of a
 large model. Measured (scripts/bench.py, peak RSS growth, E = 10 over E = 1): ResNet-18 at
 32 px, N = B = 2, was 2.08x and 1.86x (two runs) with the former ceil(sqrt(T)) checkpoints,
-each of whose segments was kept whole, and is 1.55-1.63x now, for 18-25% more time per
-simulated step at E = 10 (recomputation); LeNet, N = 8, B = 2: 1.49x, +28% time. The image
+each of whose segments was kept whole, and is 1.49-1.63x now (three runs), for 10-25% more time per
+simulated step at E = 10 (recomputation); LeNet (0.3 MB of weights) keeps the former
+policy: 1.2-1.4x, time per step flat in T. The image
 gradient equals that of the fully unrolled graph (tests/test_fedavg.py and
 tests/test_replay.py check this).
 """
@@ -122,8 +124,13 @@ class Client:
         self.buffers = dict(model.named_buffers())
         self.lr = lr
         self.schedule = schedule
-        # 0: only W_0 is stored; the reverse pass recomputes by bisection (memory log T).
-        self.checkpoint_every = checkpoint_every or max(1, len(schedule))
+        # 0: small weights (a stored segment of ceil(sqrt(T)) sets fits SEGMENT_BYTES): a
+        # checkpoint every ceil(sqrt(T)) steps, each segment stored whole on the way back
+        # (LeNet: flat time in T); larger ones: W_0 alone, bisection (memory ~ flat in T).
+        steps = max(1, len(schedule))
+        set_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        spacing = math.ceil(math.sqrt(steps))
+        self.checkpoint_every = checkpoint_every or (spacing if spacing * set_bytes <= SEGMENT_BYTES else steps)
 
     def loss(self, weights: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the model with ``weights`` on one mini-batch."""
@@ -275,7 +282,8 @@ class Replay:
     ``restarts``, ``box``, ``budget_s``, ``log_every``), plus ``mode`` (shared | per_epoch),
     ``epoch_prior`` (weight of the epoch-order-invariant prior, per_epoch mode),
     ``realign_every`` (evaluations between re-matchings of the copies) and
-    ``checkpoint_every`` (steps between stored weights; 0: W_0 only, bisection in between).
+    ``checkpoint_every`` (steps between stored weights; 0: ceil(sqrt(T)) for small weights,
+    else W_0 only with bisection in between).
     """
 
     def __init__(
@@ -297,7 +305,7 @@ class Replay:
         if mode not in ("shared", "per_epoch"):
             raise DeepleakError(f"attack.mode must be shared or per_epoch, got {mode!r}")
         if checkpoint_every < 0:
-            raise DeepleakError(f"attack.checkpoint_every must be >= 0 (0: W_0 only), got {checkpoint_every}")
+            raise DeepleakError(f"attack.checkpoint_every must be >= 0 (0: automatic), got {checkpoint_every}")
         self.distance = distance
         self.optimizer = optimizer
         self.priors = dict(priors or {})
