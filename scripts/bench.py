@@ -356,8 +356,8 @@ def section_step(args, device: torch.device, clock: Clock, cases: list[Case]) ->
               f"{fmt_mb(memory.get('deepleak'))} | {fmt_mb(memory.get('breaching'))} |", flush=True)
     if skip is not None:
         print(f"\nbreaching columns skipped: {skip}")
-    observation = observe(cases[0].model, cases[0].pixels, 1, device)[0]
-    if not fast_path_integrated(ig_attack(1), observation):
+    models = {case.model: case for case in cases}.values()
+    if not all(fast_path_integrated(ig_attack(1), observe(c.model, c.pixels, 2, device)[0]) for c in models):
         print("\n(deepleak step: GradientInversion with deepleak.attacks.step.fast_double_backward applied to "
               "its model copy by this bench; GradientInversion.prepare does not apply it yet)")
 
