@@ -39,7 +39,6 @@ import functools
 import io
 import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -192,8 +191,10 @@ def _with_fast_double_backward(prepare):
 
 def breaching_available() -> str | None:
     """None when breaching 0.1.2 imports, else why not."""
+    import importlib
+
     try:
-        import breaching  # noqa: F401
+        importlib.import_module("breaching")
     except Exception as error:  # ImportError, or a broken install
         return f"breaching not installed ({type(error).__name__}); pip install breaching==0.1.2 --no-deps"
     return None

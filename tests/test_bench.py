@@ -63,3 +63,14 @@ def test_quick_run_prints_every_table(bench, capsys):
     ratio = float(re.findall(r"\| ([0-9.]+)x \|", step_row)[0])
     assert 1.0 < ratio < 50  # an attack step costs more than a training step, and not absurdly more
     assert re.search(r"\| batched \(vmap\) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|", out)
+
+
+def test_without_breaching_its_columns_are_skipped_with_a_note(bench, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "breaching_available", lambda: "breaching not installed (test)")
+    bench.main(["--quick", "--no-memory", "--device", "cpu", "--sections", "step"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| LeNet | 16 | 2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6] == "-" and cells[7] == "-"  # breaching step, deepleak / breaching
+    assert float(cells[5].rstrip("x")) > 1  # deepleak / plain still measured
+    assert "breaching columns skipped: breaching not installed (test)" in out
