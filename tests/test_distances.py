@@ -3,9 +3,21 @@
 import pytest
 import torch
 
+from deepleak.attacks import distances as distances_module
 from deepleak.attacks.distances import L2, Cosine
 
 SHAPES = [(4, 3, 5, 5), (4,), (10, 64), (10,)]
+
+
+@pytest.fixture(autouse=True, params=["flat", "per-layer", "flat, tensor scalars", "per-layer, tensor scalars"])
+def layout(request, monkeypatch):
+    """Every test runs on every path: all layers as one vector (small models) or per layer,
+    with scalars as Python numbers (CPU) or as 0-dim tensors (what a GPU runs)."""
+    if "per-layer" in request.param:
+        monkeypatch.setattr(distances_module, "FLAT_MAX", 0)
+    if "tensor scalars" in request.param:
+        monkeypatch.setattr(distances_module, "_python_scalars", lambda tensor: False)
+    return request.param
 
 
 def tensors(seed: int, requires_grad: bool = False) -> list[torch.Tensor]:
