@@ -161,7 +161,6 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
         with torch.no_grad():
             evaluations += active
             finite = torch.isfinite(total) & torch.isfinite(distance) & torch.isfinite(variables).flatten(1).all(dim=1)
-            diverged = active & ~finite
             active = active & finite
             # Frozen restarts (diverged now or before) keep their last finite iterate.
             keep = active.view(-1, *([1] * (variables.dim() - 1)))
@@ -171,13 +170,12 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
             last_finite = variables.detach().clone()
             done += active
             history.append(torch.where(active, distance.detach(), torch.full_like(distance, math.nan)))
-            if bool(diverged.any()) and attack.log_every:
-                log.warning("batched restarts %s diverged at step %d; keeping their last finite iterates",
-                            diverged.nonzero().flatten().tolist(), step)
         if scheduler is not None:
             scheduler.step()
         if attack.log_every and (step + 1) % attack.log_every == 0:
-            log.info("batched restarts step %d: best gradient distance %.4g", step + 1, float(distance.min()))
+            # Read back from the device only here, not every step.
+            log.info("batched restarts step %d: best gradient distance %.4g, %d of %d restarts active",
+                     step + 1, float(distance.min()), int(active.sum()), restarts)
     final = last_finite
     with torch.no_grad():
         scores = objective.distance(final, labels).detach()
@@ -185,6 +183,8 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
     distances = [float(s) for s in scores]
     best = int(torch.argmin(scores))  # the first of equals, as the sequential comparison
     nonfinite = int((~active).sum())
+    if nonfinite:
+        log.warning("%d of %d batched restarts diverged; each keeps its last finite iterate", nonfinite, restarts)
     done_list = done.cpu().tolist()
     curve = torch.stack(history).cpu() if history else torch.zeros(0, restarts)
     return Reconstruction(
