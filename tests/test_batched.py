@@ -122,3 +122,11 @@ def test_refusals_are_one_clear_error():
     attack = ig(iterations=1, restarts=2, priors={"bn": ReadsActivations()})
     with pytest.raises(DeepleakError, match="bn prior"):
         reconstruct_batched(attack, observation, labels)
+
+    class OwnObjective(GradientInversion):
+        def matching_distance(self, model, images, labels, target):
+            return super().matching_distance(model, images, labels, target) * 2
+
+    own = OwnObjective(L2(), functools.partial(torch.optim.Adam, lr=0.1), iterations=1, restarts=2)
+    with pytest.raises(DeepleakError, match="overrides matching_distance"):
+        reconstruct_batched(own, observation, labels)

@@ -16,7 +16,8 @@ loop stops them.
 
 What it refuses, each with one DeepleakError: L-BFGS (its line search couples all variables,
 so restarts would no longer be independent), priors that read activations (``attach``),
-group consistency and attacks that optimise the labels. Batch norm in train mode runs on
+group consistency, attacks that optimise the labels and subclasses with an objective of
+their own (snapshots). Batch norm in train mode runs on
 batch statistics of each restart's own K images; its running statistics (which a train-mode
 forward pass would update, and which vmap cannot update in place) are dropped from the
 attacker's copy: they never enter a train-mode output.
@@ -42,6 +43,16 @@ log = logging.getLogger(__name__)
 def check_batchable(attack) -> None:
     """Raise a DeepleakError when ``attack``'s restarts cannot run as one batch (callable at
     construction: it needs the settings only)."""
+    from deepleak.attacks.inversion import GradientInversion
+
+    for method in ("matching_distance", "objective", "prepare", "loss_labels"):
+        if getattr(type(attack), method, None) is not getattr(GradientInversion, method, None):
+            # A subclass with its own objective (snapshots, DLG's labels): batching it would
+            # silently optimise GradientInversion's instead.
+            raise DeepleakError(
+                f"batched restarts support GradientInversion's own objective; {type(attack).__name__} "
+                f"overrides {method}; run its restarts sequentially"
+            )
     if getattr(attack.optimizer, "func", attack.optimizer) is torch.optim.LBFGS:
         raise DeepleakError("batched restarts need an elementwise optimiser (Adam, SGD): L-BFGS couples the restarts")
     if getattr(attack, "group", None) is not None:
