@@ -30,7 +30,7 @@ segment with at most ``STORED_WEIGHTS`` stored weight sets (short stretches of s
 are stored whole), and hands freed heap pages back to the OS after each reverse step of a
 large model. Measured (scripts/bench.py, peak RSS growth, E = 10 over E = 1): ResNet-18 at
 32 px, N = B = 2, was 2.08x and 1.86x (two runs) with the former ceil(sqrt(T)) checkpoints,
-each of whose segments was kept whole, and is 1.49-1.63x now (three runs), for 10-25% more time per
+each of whose segments was kept whole, and is 1.49-1.73x now (five runs), for 10-25% more time per
 simulated step at E = 10 (recomputation); LeNet (0.3 MB of weights) keeps the former
 policy: 1.2-1.4x, time per step flat in T. The image
 gradient equals that of the fully unrolled graph (tests/test_fedavg.py and
