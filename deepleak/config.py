@@ -219,7 +219,9 @@ def precheck(args: list[str], config_name: str = "config", validate: Any = None,
                 if params and not seen_params:
                     # A preset's own sweep (hydra.sweeper.params): check each of its values too.
                     seen_params = True
-                    extra = [f"{key}={value}" for key, value in params.items()]
+                    # The command line wins over the preset for the same key, as in Hydra's sweeper.
+                    given = {item.split("=", 1)[0].lstrip("+~") for item in job}
+                    extra = [f"{key}={value}" for key, value in params.items() if key not in given]
                     pending.extend(job_override_sets(job + extra)[1:])
     finally:
         GlobalHydra.instance().clear()

@@ -53,3 +53,19 @@ def test_scale_picks_the_preset_size(compose):
     cpu = compose("+experiment=paper_label_duplicates")
     paper = compose("+experiment=paper_label_duplicates", "scale=paper")
     assert cpu.trials < paper.trials
+
+
+def test_precheck_lets_the_command_line_override_a_presets_sweep():
+    """Hydra's sweeper takes a command-line key over the preset's sweeper param of the same
+    key; the precheck must check that combination, not the preset's other values."""
+    import pytest
+
+    from deepleak.config import precheck
+    from deepleak.errors import DeepleakError
+
+    # attack.priors.bn exists only in gradinversion: fine once attack=gradinversion replaces
+    # the preset's attack sweep ...
+    precheck(["-m", "+experiment=paper_recipes_resnet", "attack=gradinversion", "attack.priors.bn.weight=0,0.01"])
+    # ... and still an unknown key for the preset's other recipes.
+    with pytest.raises(DeepleakError, match="attack.priors.bn"):
+        precheck(["-m", "+experiment=paper_recipes_resnet", "attack.priors.bn.weight=0"])
