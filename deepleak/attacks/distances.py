@@ -71,20 +71,21 @@ def _flat(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _unflat(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    return [part.view(t.shape) for part, t in zip(vector.split([t.numel() for t in like]), like)]
+def _unflat(vector: Tensor, shapes: Sequence[torch.Size]) -> list[Tensor]:
+    """Views of ``vector`` with the given shapes, in order (the inverse of :func:`_flat`)."""
+    return [part.view(shape) for part, shape in zip(vector.split([shape.numel() for shape in shapes]), shapes)]
 
 
 class _L2Flat(torch.autograd.Function):
     @staticmethod
     def forward(ctx, target: Tensor, *candidate: Tensor) -> Tensor:
         difference = _flat(candidate) - target
-        ctx.difference, ctx.like = difference, candidate
+        ctx.difference, ctx.shapes = difference, [c.shape for c in candidate]
         return torch.dot(difference, difference)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return (None, *_unflat(ctx.difference * _scalar(2 * grad), ctx.like))
+        return (None, *_unflat(ctx.difference * _scalar(2 * grad), ctx.shapes))
 
 
 class _CosineFlat(torch.autograd.Function):
@@ -93,7 +94,7 @@ class _CosineFlat(torch.autograd.Function):
         flat = _flat(candidate)
         dot = torch.dot(flat, target)
         candidate_norm = torch.linalg.vector_norm(flat)
-        ctx.like = candidate
+        ctx.shapes = [c.shape for c in candidate]
         if _python_scalars(flat):
             # Scalars as Python numbers: a dozen 0-dim tensor ops (10-20 us each here) fewer.
             dot, candidate_norm, norm = dot.item(), candidate_norm.item(), float(target_norm)
@@ -118,7 +119,7 @@ class _CosineFlat(torch.autograd.Function):
             flat, target, dot, candidate_norm, target_norm, denominator = ctx.saved_tensors
             a, b = _cosine_coefficients(grad, dot, candidate_norm, target_norm, denominator)
             gradient = target * a + flat * b
-        return (None, None, None, *_unflat(gradient, ctx.like))
+        return (None, None, None, *_unflat(gradient, ctx.shapes))
 
 
 def _cosine_coefficients(grad, dot, candidate_norm, target_norm, denominator):
