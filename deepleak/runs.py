@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
 STATUS_FILE = "status"
 ERROR_FILE = "error.txt"
@@ -74,13 +73,36 @@ def save_images(folder: Path, originals: torch.Tensor, reconstructions: torch.Te
     both = torch.cat([originals, reconstructions.nan_to_num(0.0).clamp(0, 1)]).cpu()
     if scale > 1:
         both = torch.nn.functional.interpolate(both, scale_factor=scale, mode="nearest")
-    torchvision.utils.save_image(both, folder / "grid.png", nrow=k, padding=2, pad_value=1.0)
+    save_png(image_grid(both, columns=k), folder / "grid.png")
     names = []
     for i, image in enumerate(reconstructions.cpu()):
         name = f"rec_{i:02d}.png"
-        torchvision.utils.save_image(image.nan_to_num(0.0).clamp(0, 1), folder / name)
+        save_png(image.nan_to_num(0.0).clamp(0, 1), folder / name)
         names.append(name)
     return names
+
+
+def image_grid(images: torch.Tensor, columns: int, padding: int = 2, fill: float = 1.0) -> torch.Tensor:
+    """(N, C, H, W) -> one (C, H', W') image, ``columns`` per row, ``padding`` pixels of
+    ``fill`` around every cell (the layout of torchvision.utils.make_grid)."""
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.full((c, rows * (h + padding) + padding, columns * (w + padding) + padding), fill)
+    for index, image in enumerate(images):
+        y, x = divmod(index, columns)
+        top, left = y * (h + padding) + padding, x * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = image
+    return grid
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """Write a (C, H, W) image in [0, 1] as an 8-bit PNG (grey for one channel), rounding as
+    torchvision.utils.save_image does. Pillow only: no torchvision import on the run path."""
+    from PIL import Image  # noqa: PLC0415
+
+    pixels = image.detach().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(path)
 
 
 ATTEMPTS_FILE = "attempts.log"
