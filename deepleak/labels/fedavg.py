@@ -342,13 +342,13 @@ class Fitted:
         db = weights[names.index(bias_name)].detach().double().cpu() - b0 if bias_name else None
 
         features, _ = probe(observation, dummy_images(observation, n, self.seed + 1))
-        to_free, from_free = self._feature_range(features.double().cpu())
-        free_features = to_free(features.double().cpu()).clone().requires_grad_(True)
+        features = features.double().cpu()
+        to_free, from_free = self._feature_range(features)
+        free_features = to_free(features).clone().requires_grad_(True)
         first = self.start.restore(observation).cpu()
         free_labels = (3.0 * F.one_hot(first, c).double()).requires_grad_(True)
         optimizer = torch.optim.Adam([free_features, free_labels], lr=self.lr)
         steps = observation.local_steps
-        rate = recipe.lr * math.ceil(n / recipe.batch_size) * recipe.epochs / steps  # = eta for whole epochs
         dw_norm = dw.pow(2).sum().clamp(min=1e-300)
         db_norm = db.pow(2).sum().clamp(min=1e-300) if db is not None else None
         residual = math.inf
@@ -359,9 +359,9 @@ class Fitted:
             for _step in range(steps):
                 logits = h @ w.T + (b if b is not None else 0)
                 g = (torch.softmax(logits, dim=1) - y) / n
-                w = w - rate * g.T @ h
+                w = w - recipe.lr * g.T @ h
                 if b is not None:
-                    b = b - rate * g.sum(dim=0)
+                    b = b - recipe.lr * g.sum(dim=0)
             loss = (w - w0 - dw).pow(2).sum() / dw_norm
             if b is not None:
                 loss = loss + (b - b0 - db).pow(2).sum() / db_norm
