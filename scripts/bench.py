@@ -124,8 +124,9 @@ def observe(model_key: str, pixels: int, batch: int, device: torch.device, seed:
     return observation, labels, images
 
 
-def ig_attack(iterations: int, restarts: int = 1):
-    """deepleak's Inverting Gradients recipe (conf/attack/ig.yaml) with its class defaults."""
+def ig_attack(iterations: int, restarts: int = 1, image_gradient=None):
+    """deepleak's Inverting Gradients recipe (conf/attack/ig.yaml) with its class defaults;
+    ``image_gradient``: None (exact double backward) or a deepleak.attacks.second_order route."""
     from deepleak.attacks import GradientInversion
     from deepleak.attacks.distances import Cosine
     from deepleak.attacks.priors import TotalVariation
@@ -134,7 +135,7 @@ def ig_attack(iterations: int, restarts: int = 1):
     return GradientInversion(
         Cosine(), functools.partial(torch.optim.Adam, lr=0.1), priors={"tv": TotalVariation(1e-4)},
         scheduler=functools.partial(step_decay, gamma=0.1), iterations=iterations, restarts=restarts,
-        signed=True, box=True,
+        signed=True, box=True, image_gradient=image_gradient,
     )
 
 
@@ -154,9 +155,15 @@ def plain_runner(observation, labels, images) -> Callable[[int], None]:
     return run
 
 
-def deepleak_runner(observation, labels) -> Callable[[int], None]:
-    attack = ig_attack(1)
-    if not fast_path_integrated(attack, observation):
+def deepleak_runner(observation, labels, finite_difference: bool = False) -> Callable[[int], None]:
+    """n steps of deepleak's ig attack; ``finite_difference``: with the forward-difference image
+    gradient (raises DeepleakError on a victim it refuses, e.g. ReLU)."""
+    from deepleak.attacks.second_order import FiniteDifference
+
+    attack = ig_attack(1, image_gradient=FiniteDifference() if finite_difference else None)
+    if finite_difference:
+        attack.reconstruct(observation, labels, seed=0)  # the self-check refuses a non-smooth victim here
+    elif not fast_path_integrated(attack, observation):
         attack.prepare = _with_fast_double_backward(attack.prepare)
 
     def run(n: int) -> None:
@@ -286,11 +293,12 @@ def probe(args) -> None:
     """Child process: print the peak memory of one measurement as JSON."""
     kind, rest = args.probe[0], args.probe[1:]
     device = torch.device(args.device)
-    if kind in ("plain", "deepleak", "breaching"):
+    if kind in ("plain", "deepleak", "deepleak_fd", "breaching"):
         model_key, pixels, batch = rest[0], int(rest[1]), int(rest[2])
         observation, labels, images = observe(model_key, pixels, batch, device)
         run = {"plain": lambda: plain_runner(observation, labels, images),
                "deepleak": lambda: deepleak_runner(observation, labels),
+               "deepleak_fd": lambda: deepleak_runner(observation, labels, finite_difference=True),
                "breaching": lambda: breaching_runner(observation, labels, device)}[kind]()
         peak = measure_peak(device, lambda: run(3))
     elif kind == "replay":
@@ -324,16 +332,24 @@ def fmt_mb(mb: float | None) -> str:
 
 
 def section_step(args, device: torch.device, clock: Clock, cases: list[Case]) -> None:
+    from deepleak.errors import DeepleakError
+
     skip = breaching_available()
     print("\n### Attack step vs plain training step and breaching 0.1.2\n")
     print("Times in ms per step (median of repeats); ratios per repeat, then the median.\n")
-    print("| model | px | batch | plain fwd+bwd | deepleak step | deepleak / plain | breaching step | "
-          "deepleak / breaching | peak MB plain | peak MB deepleak | peak MB breaching |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("| model | px | batch | plain fwd+bwd | deepleak step | deepleak / plain | deepleak FD step | FD / plain | "
+          "breaching step | deepleak / breaching | FD / breaching | peak MB plain | peak MB deepleak | peak MB FD | "
+          "peak MB breaching |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    refused = {}
     for case in cases:
         observation, labels, images = observe(case.model, case.pixels, case.batch, device)
         runners = {"plain": (plain_runner(observation, labels, images), False),
                    "deepleak": (deepleak_runner(observation, labels), True)}
+        try:
+            runners["deepleak_fd"] = (deepleak_runner(observation, labels, finite_difference=True), True)
+        except DeepleakError as error:
+            refused[NAMES[case.model]] = str(error)
         if skip is None:
             runners["breaching"] = (breaching_runner(observation, labels, device), True)
         for run, _ in runners.values():  # warm-up: allocator, kernels, lazy imports
@@ -344,17 +360,22 @@ def section_step(args, device: torch.device, clock: Clock, cases: list[Case]) ->
             for name, (run, differenced) in runners.items():
                 times[name].append(per_step(clock, run, case.steps, differenced))
         med = {name: statistics.median(values) for name, values in times.items()}
-        over_plain = statistics.median(d / p for d, p in zip(times["deepleak"], times["plain"]))
-        over_breaching = (statistics.median(d / b for d, b in zip(times["deepleak"], times["breaching"]))
-                          if "breaching" in times else None)
+        def ratio(a: str, b: str) -> str:
+            if a not in times or b not in times:
+                return "-"
+            return f"{statistics.median(x / y for x, y in zip(times[a], times[b])):.2f}x"
+
         memory = {}
         if not args.no_memory:
             for name in runners:
                 memory[name] = peak_in_child(args, name, case.model, str(case.pixels), str(case.batch))
         print(f"| {NAMES[case.model]} | {case.pixels} | {case.batch} | {fmt_ms(med['plain'])} | "
-              f"{fmt_ms(med['deepleak'])} | {over_plain:.2f}x | {fmt_ms(med.get('breaching'))} | "
-              f"{'-' if over_breaching is None else f'{over_breaching:.2f}x'} | {fmt_mb(memory.get('plain'))} | "
-              f"{fmt_mb(memory.get('deepleak'))} | {fmt_mb(memory.get('breaching'))} |", flush=True)
+              f"{fmt_ms(med['deepleak'])} | {ratio('deepleak', 'plain')} | {fmt_ms(med.get('deepleak_fd'))} | "
+              f"{ratio('deepleak_fd', 'plain')} | {fmt_ms(med.get('breaching'))} | {ratio('deepleak', 'breaching')} | "
+              f"{ratio('deepleak_fd', 'breaching')} | {fmt_mb(memory.get('plain'))} | {fmt_mb(memory.get('deepleak'))} | "
+              f"{fmt_mb(memory.get('deepleak_fd'))} | {fmt_mb(memory.get('breaching'))} |", flush=True)
+    for name, reason in refused.items():
+        print(f"\nFD columns of {name}: refused by the self-check: {reason}")
     if skip is not None:
         print(f"\nbreaching columns skipped: {skip}")
     models = {case.model: case for case in cases}.values()

@@ -71,6 +71,6 @@ def test_without_breaching_its_columns_are_skipped_with_a_note(bench, capsys, mo
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| LeNet | 16 | 2 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[6] == "-" and cells[7] == "-"  # breaching step, deepleak / breaching
-    assert float(cells[5].rstrip("x")) > 1  # deepleak / plain still measured
+    assert cells[8] == cells[9] == cells[10] == "-"  # breaching step, deepleak / breaching, FD / breaching
+    assert float(cells[5].rstrip("x")) > 1 and float(cells[7].rstrip("x")) > 1  # deepleak and FD / plain still measured
     assert "breaching columns skipped: breaching not installed (test)" in out

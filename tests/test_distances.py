@@ -78,3 +78,24 @@ def test_double_backward_through_the_candidate_graph():
         value = distance(candidate, target) if use_fused else distance.functional(candidate, target)
         results.append(torch.autograd.grad(value, [x])[0])
     torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("distance", [L2(), Cosine()], ids=["l2", "cosine"])
+def test_direction_is_the_value_and_gradient_without_a_graph(distance):
+    """What the finite-difference route uses: D, dD/dc as coefficient x tensors, ||dD/dc||."""
+    candidate, target = tensors(0, requires_grad=True), tensors(1)
+    plain = distance.functional(candidate, target)
+    gradient = torch.autograd.grad(plain, candidate)
+    value, parts, norm = distance.direction([c.detach() for c in candidate], target)
+    assert value == pytest.approx(plain.item(), rel=1e-12)
+    rebuilt = [sum(coefficient * tensors_[i] for coefficient, tensors_ in parts) for i in range(len(SHAPES))]
+    for a, b in zip(rebuilt, gradient):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-14)
+    assert norm == pytest.approx(float(torch.sqrt(sum((g * g).sum() for g in gradient))), rel=1e-9)
+
+
+def test_cosine_direction_declines_when_the_norm_would_cancel():
+    target = tensors(1)
+    almost = [t * 2 + 1e-9 * torch.randn_like(t) for t in target]  # parallel to the target
+    assert Cosine().direction(almost, target) is None
+    assert Cosine().direction(tensors(0), target) is not None

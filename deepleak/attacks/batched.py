@@ -59,6 +59,8 @@ def check_batchable(attack) -> None:
         raise DeepleakError("batched restarts do not support group consistency (attack.group); run them sequentially")
     if getattr(attack, "optimises_labels", False):
         raise DeepleakError("batched restarts do not support attacks that optimise the labels; run them sequentially")
+    if not getattr(getattr(attack, "image_gradient", None), "exact", True):
+        raise DeepleakError("batched restarts use the exact double backward; set attack/image_gradient=double_backward")
     if not hasattr(attack.distance, "functional"):
         raise DeepleakError(
             f"batched restarts need a distance with a functional form; {type(attack.distance).__name__} has none"

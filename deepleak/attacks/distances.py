@@ -13,6 +13,11 @@ target, not once per step. Small models (up to ``FLAT_MAX`` parameters) are hand
 concatenated vector, and on CPU the scalars as Python numbers: per-operation overhead, not
 arithmetic, is their cost. ``functional`` is the same value in plain differentiable torch
 ops, for torch.func transforms (vmap, grad) and as the reference the tests compare against.
+
+``direction`` serves the finite-difference image gradient (:mod:`deepleak.attacks.second_order`),
+which needs the value and dD/dc but no graph: both distances have dD/dc = alpha c + beta t,
+so it returns the value, the two coefficients and ||dD/dc||, and the caller moves the
+parameters along it without the gradient ever being materialised.
 """
 
 from __future__ import annotations
@@ -172,6 +177,9 @@ class _CosineFunction(torch.autograd.Function):
         return (None, None, None, *gradients, *([None] * len(target)))
 
 
+Direction = tuple[float, list[tuple[float, Sequence[Tensor]]], float]  # (D, [(coefficient, tensors)], ||dD/dc||)
+
+
 class L2:
     """Squared Euclidean distance summed over all layers (DLG, Geng et al.)."""
 
@@ -190,6 +198,16 @@ class L2:
         """The same value in plain torch ops (differentiable to any order; works under vmap)."""
         return sum(((c - t) ** 2).sum() for c, t in zip(candidate, target))
 
+    def direction(self, candidate: Sequence[Tensor], target: Sequence[Tensor]) -> Direction:
+        """(D, dD/dc = 2 c - 2 t as [(2, c), (-2, t)], ||dD/dc|| = 2 sqrt(D)); no graph."""
+        with torch.no_grad():
+            if sum(c.numel() for c in candidate) <= FLAT_MAX:
+                difference = _flat(candidate) - self._target.get(target, _flat)
+                value = float(torch.dot(difference, difference))
+            else:
+                value = float(_squared_norm(torch._foreach_sub(list(candidate), list(target))))
+        return value, [(2.0, candidate), (-2.0, target)], 2.0 * max(value, 0.0) ** 0.5
+
 
 class Cosine:
     """1 - cosine similarity of the whole gradient, all layers as one vector (Inverting
@@ -207,6 +225,28 @@ class Cosine:
             return _CosineFlat.apply(flat, norm, self.eps, *candidate)
         target_norm = self._target.get(target, lambda t: _squared_norm(t).sqrt())
         return _CosineFunction.apply(len(candidate), target_norm, self.eps, *candidate, *target)
+
+    def direction(self, candidate: Sequence[Tensor], target: Sequence[Tensor]) -> Direction | None:
+        """(D, dD/dc = a t + b c as [(b, c), (a, t)], ||dD/dc||); no graph. None when the norm
+        from the scalars would lose its digits to cancellation (a candidate almost parallel
+        to the target): the caller then differentiates the distance itself."""
+        with torch.no_grad():
+            if sum(c.numel() for c in candidate) <= FLAT_MAX:
+                target_flat, target_norm = self._target.get(target, lambda t: (_flat(t), torch.linalg.vector_norm(_flat(t))))
+                flat = _flat(candidate)
+                dot, candidate_norm = float(torch.dot(flat, target_flat)), float(torch.linalg.vector_norm(flat))
+            else:
+                target_norm = self._target.get(target, lambda t: _squared_norm(t).sqrt())
+                dot, candidate_norm = float(_dot(candidate, target)), float(_squared_norm(candidate).sqrt())
+        norm = float(target_norm)
+        denominator = candidate_norm * norm + self.eps
+        a = -1.0 / denominator
+        b = dot * norm / (candidate_norm * denominator**2) if candidate_norm > 0 else 0.0
+        parts = (a * norm) ** 2 + (b * candidate_norm) ** 2
+        squared = parts + 2 * a * b * dot
+        if not squared > 1e-4 * parts:
+            return None
+        return 1 - dot / denominator, [(b, candidate), (a, target)], squared**0.5
 
     def functional(self, candidate: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
         """The same value in plain torch ops (differentiable to any order; works under vmap)."""

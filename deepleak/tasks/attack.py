@@ -145,6 +145,9 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
             inactive_priors=reconstruction.inactive_priors,
             prior_values=reconstruction.prior_values,
         )
+        if reconstruction.image_gradient_agreement is not None:
+            record["image_gradient_agreement"] = reconstruction.image_gradient_agreement
+            record["image_gradient_step"] = reconstruction.image_gradient_step
         if reconstruction.member_distances:
             record["member_distances"] = reconstruction.member_distances
         epoch_images = getattr(reconstruction, "epoch_images", None)

@@ -1,0 +1,179 @@
+"""The finite-difference image gradient: agrees with the exact double backward, refuses
+non-smooth victims, and reconstructs as well as the exact route."""
+
+import copy
+import dataclasses
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepleak.attacks import DLG, GradientInversion
+from deepleak.attacks.distances import L2, Cosine
+from deepleak.attacks.group import GroupConsistency
+from deepleak.attacks.priors import BatchNormStatistics, TotalVariation, attach_priors, detach_priors
+from deepleak.attacks.second_order import DoubleBackward, FiniteDifference
+from deepleak.errors import DeepleakError
+from deepleak.metrics import psnr
+from deepleak.models import LeNet, ResNet18
+from deepleak.scenarios.base import set_bn_mode
+
+from test_attack import lbfgs, observe
+
+
+def cosine(a, b):
+    flat = lambda ts: torch.cat([t.reshape(-1) for t in ts]).double()  # noqa: E731
+    return float(F.cosine_similarity(flat(a), flat(b), dim=0))
+
+
+def exact_gradient(model, variables, loss, distance, target):
+    leaves = [v.detach().clone().requires_grad_(True) for v in variables]
+    theta = torch.autograd.grad(loss(model, leaves), list(model.parameters()), create_graph=True)
+    return list(torch.autograd.grad(distance(list(theta), target), leaves))
+
+
+def hard_loss(labels):
+    return lambda forward, v: F.cross_entropy(forward(v[0]), labels)
+
+
+def case(make, pixels, batch=2, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    model = set_bn_mode(make().to(dtype), "train")
+    generator = torch.Generator().manual_seed(seed + 1)
+    labels = torch.arange(batch) % 10
+    truth = torch.rand(batch, 3, pixels, pixels, generator=generator, dtype=dtype)
+    target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(truth), labels), list(model.parameters()))]
+    images = torch.rand(batch, 3, pixels, pixels, generator=generator, dtype=dtype)
+    return model, labels, target, images
+
+
+SMOOTH = [
+    (lambda: LeNet(10, (3, 16, 16), width=8, activation_fn="sigmoid"), 16),
+    (lambda: ResNet18(10, (3, 16, 16), width=4, activation_fn="sigmoid"), 16),  # BN in train mode, shortcuts
+]
+
+
+@pytest.mark.parametrize("scheme, step, bar", [("forward", 1e-8, 1e-5), ("central", 1e-5, 1e-4)])
+@pytest.mark.parametrize("distance", [L2(), Cosine()], ids=["l2", "cosine"])
+@pytest.mark.parametrize("make, pixels", SMOOTH, ids=["lenet", "resnet18"])
+def test_matches_the_double_backward_in_float64(make, pixels, distance, scheme, step, bar):
+    model, labels, target, images = case(make, pixels)
+    loss = hard_loss(labels)
+    exact = exact_gradient(model, [images], loss, distance, target)
+    route = FiniteDifference(scheme, step=step)
+    value, prior, approx = route.value_and_gradient(model, [images], loss, distance, target)
+    error = float((approx[0] - exact[0]).norm() / exact[0].norm())
+    assert error < bar, error
+    assert float(exact[0].norm()) > 0 and prior == 0.0
+    theta = torch.autograd.grad(loss(model, [images]), list(model.parameters()))
+    assert value == pytest.approx(float(distance(list(theta), target)), rel=1e-12)
+
+
+def test_float32_defaults_agree_to_five_nines():
+    for make, pixels in SMOOTH:
+        model, labels, target, images = case(make, pixels, dtype=torch.float32)
+        for scheme in ("forward", "central"):
+            assert FiniteDifference(scheme).check(model, [images], hard_loss(labels), Cosine(), target)[0] > 0.9999
+
+
+def test_soft_label_variables_get_their_gradient_too():
+    model, labels, target, images = case(*SMOOTH[0])
+    logits = torch.randn(2, 10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    loss = lambda forward, v: F.cross_entropy(forward(v[0]), torch.softmax(v[1], dim=-1))  # noqa: E731
+    exact = exact_gradient(model, [images, logits], loss, L2(), target)
+    approx = FiniteDifference("central", step=1e-5).value_and_gradient(model, [images, logits], loss, L2(), target)[2]
+    for a, e in zip(approx, exact):
+        assert float((a - e).norm() / e.norm()) < 1e-6
+
+
+def test_relu_victims_are_refused_with_one_sentence():
+    with pytest.raises(DeepleakError, match="smooth victim, and LeNet has ReLU"):
+        FiniteDifference().prepare_model(LeNet(10, width=8, activation_fn="relu"))
+    assert FiniteDifference().prepare_model(LeNet(10, width=8, activation_fn="gelu")) is not None
+
+
+def test_the_start_up_check_refuses_below_min_agreement():
+    model, labels, target, images = case(*SMOOTH[0], dtype=torch.float32)
+    route = FiniteDifference(step=1e-2)  # far too coarse for this model: the check must say so
+    value = route.agreement(model, [images], hard_loss(labels), Cosine(), target)
+    assert value < 0.999
+    with pytest.raises(DeepleakError, match=f"cosine {value:.4f} at best"):
+        route.check(model, [images], hard_loss(labels), Cosine(), target)
+    calibrated = FiniteDifference()  # the grid finds a step that agrees
+    agreement, step = calibrated.check(model, [images], hard_loss(labels), Cosine(), target)
+    assert agreement > 0.9999 and step < 1e-2 and calibrated.current_step == step
+
+
+def test_the_whole_step_matches_the_exact_one_with_priors_group_and_bn():
+    """GradientInversion's objective gradient (distance + TV + BN prior + group term, 2 members)
+    by both routes, on a BN model in float64."""
+    model, labels, target, _ = case(*SMOOTH[1])
+    members = torch.rand(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    anchor = members.detach().mean(0) + 0.05
+    gradients = {}
+    for route in (DoubleBackward(), FiniteDifference("central", step=1e-6)):
+        attack = GradientInversion(L2(), torch.optim.Adam, priors={"tv": TotalVariation(1e-2), "bn": BatchNormStatistics(1e-2)},
+                                   group=GroupConsistency(size=2, weight=0.5), image_gradient=route)
+        copy_ = copy.deepcopy(model)
+        attach_priors(attack.priors, copy_)
+        images = members.clone().requires_grad_(True)
+        total, distances, grads = attack._evaluate(copy_, images, None, labels, target, anchor)
+        detach_priors(attack.priors)
+        gradients[route.name] = (float(total), distances, grads[0])
+    (t_exact, d_exact, g_exact), (t_fd, d_fd, g_fd) = gradients["double_backward"], gradients["finite_difference"]
+    assert t_fd == pytest.approx(t_exact, rel=1e-10)
+    assert d_fd == pytest.approx(d_exact, rel=1e-10)
+    assert float((g_fd - g_exact).norm() / g_exact.norm()) < 1e-5
+
+
+def test_reconstructs_as_well_as_the_exact_route():
+    """LeNet (sigmoid), one real sample-set image, L-BFGS: both routes pass 30 dB, within 1 dB."""
+    observation, images, labels = observe(1)
+    scores = {}
+    for route in (DoubleBackward(), FiniteDifference()):
+        result = lbfgs(40, image_gradient=route).reconstruct(observation, labels)
+        scores[route.name] = psnr(result.images, images)[0]
+        if route.name == "finite_difference":
+            assert result.image_gradient_agreement > 0.999
+        else:
+            assert result.image_gradient_agreement is None
+    assert scores["finite_difference"] > 30 and scores["double_backward"] > 30
+    assert abs(scores["finite_difference"] - scores["double_backward"]) < 1.0, scores
+
+
+def test_dlg_runs_with_finite_differences():
+    observation, images, labels = observe(1)
+    optimizer = functools.partial(torch.optim.LBFGS, lr=1.0, max_iter=20, history_size=100, line_search_fn="strong_wolfe")
+    result = DLG(L2(), optimizer, iterations=20, box=False, image_gradient=FiniteDifference()).reconstruct(observation, labels)
+    assert result.labels.tolist() == labels.tolist()
+    assert psnr(result.images, images)[0] > 20
+
+
+def test_refusals_and_bad_settings():
+    from deepleak.attacks.snapshots import SnapshotInversion
+
+    with pytest.raises(DeepleakError, match="overrides it"):
+        SnapshotInversion(L2(), torch.optim.Adam, image_gradient=FiniteDifference())
+    with pytest.raises(DeepleakError, match="double backward"):
+        GradientInversion(L2(), torch.optim.Adam, restarts=2, batched_restarts=True, image_gradient=FiniteDifference())
+    with pytest.raises(DeepleakError, match="scheme"):
+        FiniteDifference("backward")
+    with pytest.raises(DeepleakError, match="step"):
+        FiniteDifference(step=0)
+    observation, _, labels = observe(1)
+    torch.manual_seed(0)
+    relu = dataclasses.replace(observation, model=LeNet(10, width=12, activation_fn="relu"))
+    with pytest.raises(DeepleakError, match="smooth victim"):
+        lbfgs(2, image_gradient=FiniteDifference()).reconstruct(relu, labels)
+
+
+def test_cli_option_runs_and_records_the_agreement(deepleak, tmp_path):
+    import json
+
+    done = deepleak("attack", "attack/image_gradient=finite_difference", "attack.iterations=3", "trials=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (metrics,) = list((tmp_path / "outputs").rglob("metrics.json"))
+    record = json.loads(metrics.read_text())
+    trial = record["per_trial"][0]
+    assert trial["image_gradient_agreement"] > 0.999 and 0 < trial["image_gradient_step"] < 1e-2
