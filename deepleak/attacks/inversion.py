@@ -296,17 +296,15 @@ class GradientInversion:
             total, distances = self._members_objective(model, images, label_vars, labels, target, anchor)
             # Only the variables need a gradient; autograd.grad leaves the model's .grad alone.
             return total.detach(), [float(d.detach()) for d in distances], list(torch.autograd.grad(total, variables))
-        gradients = [torch.empty_like(v) for v in variables]
         loss, extra = self._loss(labels), (self._prior_total if self.priors else None)
-        total, distances = 0.0, []
+        total, distances, per_member = 0.0, [], []
         for g in range(images.shape[0]):
-            member = [v[g] for v in variables]
             distance, prior, member_gradients = self.image_gradient.value_and_gradient(
-                model, member, loss, self.distance, target, extra)
-            for gradient, member_gradient in zip(gradients, member_gradients):
-                gradient[g] = member_gradient
+                model, [v[g] for v in variables], loss, self.distance, target, extra)
+            per_member.append(member_gradients)
             total += distance + prior
             distances.append(distance)
+        gradients = [torch.stack(parts) for parts in zip(*per_member)]
         total = images.new_tensor(total)
         if self.group is not None:
             term = self.group(images, anchor)

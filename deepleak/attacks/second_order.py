@@ -155,16 +155,17 @@ class FiniteDifference:
                     at = loss(lambda x: functional_call(model, moved, (x,)), inputs)
                     return _fill(torch.autograd.grad(at, inputs, allow_unused=True), inputs)
 
+            # In place on the fresh input gradients: fewer image-sized temporaries per step.
             plus = input_gradient(e)
             if self.scheme == "forward":
-                gradients = [(a - b) / e for a, b in zip(plus, at_theta)]
+                gradients = [a.sub_(b).div_(e) for a, b in zip(plus, at_theta)]
             else:
-                gradients = [(a - b) / (2 * e) for a, b in zip(plus, input_gradient(-e))]
+                gradients = [a.sub_(b).div_(2 * e) for a, b in zip(plus, input_gradient(-e))]
         else:
             # A stationary point of the distance (or a non-finite one: the loop's check catches it).
             gradients = [torch.full_like(v, math.nan if not math.isfinite(u_norm) else 0.0) for v in variables]
         if prior_grads is not None:
-            gradients = [g + p for g, p in zip(gradients, prior_grads)]
+            gradients = [g.add_(p) for g, p in zip(gradients, prior_grads)]
         return matched, (float(prior.detach()) if prior is not None else 0.0), gradients
 
     def _norm_of(self, model: nn.Module, params: Sequence[Tensor]) -> float:
