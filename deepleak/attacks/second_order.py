@@ -104,7 +104,7 @@ class FiniteDifference:
             raise DeepleakError(f"attack.image_gradient.min_agreement must be a cosine in [-1, 1], got {min_agreement}")
         self.scheme, self.step, self.min_agreement = scheme, None if step is None else float(step), float(min_agreement)
         self.current_step = self.step if self.step is not None else self.FALLBACK_STEP[scheme]
-        self._theta_norm: tuple[int, float] | None = None
+        self._public: tuple | None = None  # (model, names, detached parameters, ||theta||)
 
     def __repr__(self) -> str:
         return f"FiniteDifference(scheme={self.scheme!r}, step={self.step})"
@@ -130,7 +130,7 @@ class FiniteDifference:
 
         ``extra(images)`` (the priors) runs right after the forward pass at theta, whose
         activations a BN prior reads; its gradient comes from autograd (first order)."""
-        names, params = zip(*[(n, p.detach()) for n, p in model.named_parameters()])
+        names, params, theta_norm = self._public_parameters(model)
         with torch.enable_grad():
             leaves = [v.detach().requires_grad_(True) for v in variables]
             value = loss(model, leaves)
@@ -143,12 +143,14 @@ class FiniteDifference:
             prior_grads = _fill(torch.autograd.grad(prior, leaves, allow_unused=True), leaves) if prior_graph else None
         matched, u, u_norm = _direction(distance, theta_grads, target)
         if u_norm > 0 and math.isfinite(u_norm):
-            e = self.current_step * self._norm_of(model, params) / u_norm
+            e = self.current_step * theta_norm / u_norm
 
             def input_gradient(alpha: float) -> list[Tensor]:
-                moved = list(params)
-                for coefficient, tensors in u:  # theta + alpha * dD/dc, never materialised on its own
-                    moved = torch._foreach_add(moved, list(tensors), alpha=alpha * coefficient)
+                # theta + alpha * dD/dc in one new set of tensors; dD/dc is never materialised.
+                (first, tensors), *rest = u
+                moved = torch._foreach_add(list(params), list(tensors), alpha=alpha * first)
+                for coefficient, tensors in rest:
+                    torch._foreach_add_(moved, list(tensors), alpha=alpha * coefficient)
                 moved = dict(zip(names, moved))
                 with torch.enable_grad():
                     inputs = [v.detach().requires_grad_(True) for v in variables]
@@ -168,11 +170,13 @@ class FiniteDifference:
             gradients = [g.add_(p) for g, p in zip(gradients, prior_grads)]
         return matched, (float(prior.detach()) if prior is not None else 0.0), gradients
 
-    def _norm_of(self, model: nn.Module, params: Sequence[Tensor]) -> float:
-        """||theta||, once per model (the public parameters do not change during an attack)."""
-        if self._theta_norm is None or self._theta_norm[0] != id(model):
-            self._theta_norm = (id(model), float(_norm(params)) or 1.0)
-        return self._theta_norm[1]
+    def _public_parameters(self, model: nn.Module) -> tuple[tuple[str, ...], tuple[Tensor, ...], float]:
+        """(names, detached parameters, ||theta||), once per model: the public parameters do
+        not change during an attack. (Held by reference: an id could be reused.)"""
+        if self._public is None or self._public[0] is not model:
+            names, params = zip(*[(n, p.detach()) for n, p in model.named_parameters()])
+            self._public = (model, names, params, float(_norm(params)) or 1.0)
+        return self._public[1:]
 
     # ------------------------------------------------------------------ the self-check
     def agreement(self, model: nn.Module, variables: Sequence[Tensor], loss: LossFn,
