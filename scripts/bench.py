@@ -377,7 +377,7 @@ def section_step(args, device: torch.device, clock: Clock, cases: list[Case]) ->
               f"{ratio('deepleak_fd', 'breaching')} | {fmt_mb(memory.get('plain'))} | {fmt_mb(memory.get('deepleak'))} | "
               f"{fmt_mb(memory.get('deepleak_fd'))} | {fmt_mb(memory.get('breaching'))} |", flush=True)
     for name, reason in refused.items():
-        print(f"\nFD columns of {name}: refused by the self-check: {reason}")
+        print(f"\nFD columns of {name}: refused: {reason}")
     if skip is not None:
         print(f"\nbreaching columns skipped: {skip}")
     models = {case.model: case for case in cases}.values()
