@@ -185,9 +185,9 @@ class GradientInversion:
         # paper's simple route); FedSGD observations are returned unchanged.
         observation = observation.gradient_view()
         # A copy: train-mode batch norm updates running statistics on every forward pass.
-        # The image-gradient route adapts the copy's convolutions (DoubleBackward: the wide
-        # ones skip a weight adjoint the double backward never uses, ResNet-18 step -5..-10%;
-        # FiniteDifference: the image-facing one's input gradient by fold, scripts/bench.py).
+        # The image-gradient route prepares the copy (DoubleBackward: the wide convolutions
+        # skip a weight adjoint the double backward never uses, ResNet-18 step -5..-10%,
+        # scripts/bench.py; FiniteDifference: refuses layers with kinks).
         model = self.image_gradient.prepare_model(
             set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode))
         for parameter in model.parameters():
