@@ -302,9 +302,9 @@ def probe(args) -> None:
                "breaching": lambda: breaching_runner(observation, labels, device)}[kind]()
         run(1)  # warm-up: one-time lazy initialisation (kernels, imports) is not the attack's memory
         peak = measure_peak(device, lambda: run(3))
-    elif kind == "replay":
+    elif kind in ("replay", "replay_fd"):
         model_key, epochs, n, b = rest[0], int(rest[1]), int(rest[2]), int(rest[3])
-        evaluate = replay_setup(model_key, epochs, n, b, device)[0]
+        evaluate = replay_setup(model_key, epochs, n, b, device, finite_difference=kind == "replay_fd")[0]
         evaluate()  # warm-up, as above
         peak = measure_peak(device, evaluate)
     else:
@@ -386,8 +386,11 @@ def section_step(args, device: torch.device, clock: Clock, cases: list[Case]) ->
               "its model copy by this bench; GradientInversion.prepare does not apply it yet)")
 
 
-def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.device):
-    """(evaluate(), simulated steps T) of one FedAvg replay evaluation."""
+def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.device, finite_difference: bool = False):
+    """(evaluate(), simulated steps T) of one FedAvg replay evaluation; ``finite_difference``:
+    reverse steps by first-order differences (a fixed step: the cost does not depend on it)."""
+    from deepleak.attacks.second_order import FiniteDifference
+
     from deepleak.attacks.distances import L2
     from deepleak.attacks.replay import Client, Replay, make_schedule
     from deepleak.models import build_model
@@ -405,7 +408,7 @@ def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.devi
     start = [p.detach() for p in observation.model.parameters()]
     target = [g.to(device) for g in observation.gradient_view().gradient]
     dummies = torch.rand(n, 3, pixels, pixels, generator=generator).to(device)
-    client = Client(observation.model, lr, schedule)
+    client = Client(observation.model, lr, schedule, finite_difference=FiniteDifference(step=5e-6) if finite_difference else None)
     replay = Replay(L2(), torch.optim.LBFGS)
     return (lambda: replay.weight_distance(client, start, dummies, target)), len(schedule)
 
@@ -414,20 +417,26 @@ def section_fedavg(args, device: torch.device, clock: Clock) -> None:
     settings = [("lenet", 8, 2), ("resnet18", 2, 2)] if not args.quick else [("lenet", 4, 2)]
     epochs_list = (1, 5, 10) if not args.quick else (1, 2)
     print("\n### FedAvg replay (one evaluation: forward replay + checkpointed reverse pass)\n")
-    print("| model | N | B | E | steps T | ms per simulated step | peak MB | peak vs E = 1 |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("Reverse steps by double backward (exact, default) and by finite differences (FD).\n")
+    print("| model | N | B | E | steps T | ms per simulated step | FD ms per step | FD / exact | peak MB | "
+          "peak vs E = 1 | FD peak MB | FD peak vs E = 1 |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for model_key, n, b in settings:
-        first = None
+        first: dict[str, float | None] = {}
         for epochs in epochs_list:
-            evaluate, steps = replay_setup(model_key, epochs, n, b, device)
-            evaluate()
-            repeats = max(1, min(args.repeats, 3))
-            seconds = statistics.median(clock.time(evaluate) for _ in range(repeats)) / steps
-            peak = None if args.no_memory else peak_in_child(args, "replay", model_key, str(epochs), str(n), str(b))
-            first = peak if epochs == epochs_list[0] else first
-            relative = "-" if peak is None or not first else f"{peak / first:.2f}x"
-            print(f"| {NAMES[model_key]} | {n} | {b} | {epochs} | {steps} | {fmt_ms(seconds)} | {fmt_mb(peak)} | "
-                  f"{relative} |", flush=True)
+            seconds, peak, relative = {}, {}, {}
+            for kind in ("replay", "replay_fd"):
+                evaluate, steps = replay_setup(model_key, epochs, n, b, device, finite_difference=kind == "replay_fd")
+                evaluate()
+                repeats = max(1, min(args.repeats, 3))
+                seconds[kind] = statistics.median(clock.time(evaluate) for _ in range(repeats)) / steps
+                peak[kind] = None if args.no_memory else peak_in_child(args, kind, model_key, str(epochs), str(n), str(b))
+                first.setdefault(kind, peak[kind])
+                relative[kind] = "-" if peak[kind] is None or not first[kind] else f"{peak[kind] / first[kind]:.2f}x"
+            print(f"| {NAMES[model_key]} | {n} | {b} | {epochs} | {steps} | {fmt_ms(seconds['replay'])} | "
+                  f"{fmt_ms(seconds['replay_fd'])} | {seconds['replay_fd'] / seconds['replay']:.2f}x | "
+                  f"{fmt_mb(peak['replay'])} | {relative['replay']} | {fmt_mb(peak['replay_fd'])} | {relative['replay_fd']} |",
+                  flush=True)
 
 
 def section_labels(args, device: torch.device, clock: Clock) -> None:

@@ -69,3 +69,43 @@ def test_recomputation_stays_bounded(monkeypatch, whole):
         assert recomputed == 4 * 3
     else:
         assert 15 < recomputed <= 16 * 4, recomputed
+
+
+@pytest.mark.parametrize("scheme, step, bar", [("forward", 1e-7, 1e-4), ("central", 1e-5, 1e-6)])
+def test_finite_difference_reverse_pass_matches_the_exact_one(scheme, step, bar):
+    """Each reverse step by two (three) first-order passes instead of a double backward: the
+    image gradient of the whole replay agrees with the exact one (float64, E = 2, B = 2)."""
+    from deepleak.attacks.second_order import FiniteDifference
+
+    model = build_model(LENET, 10, (3, 12, 12), seed=0).double()
+    generator = torch.Generator().manual_seed(0)
+    batch = PrivateBatch(torch.rand(4, 3, 12, 12, generator=generator, dtype=torch.float64), torch.arange(4) % 10)
+    observation = FedAvg(batch_size=2, epochs=2, lr=0.1).observe(model, batch, 10)
+    schedule = make_schedule(batch.labels, 2, 2, torch.Generator().manual_seed(1), copies=False)
+    start = [p.detach() for p in observation.model.parameters()]
+    target = list(observation.gradient_view().gradient)
+    dummies = torch.rand(4, 3, 12, 12, generator=generator, dtype=torch.float64)
+    replay = Replay(L2(), torch.optim.LBFGS)
+    exact = replay.weight_distance(Client(observation.model, 0.1, schedule), start, dummies, target)
+    route = FiniteDifference(scheme, step=step)
+    approx = replay.weight_distance(Client(observation.model, 0.1, schedule, finite_difference=route), start, dummies, target)
+    assert approx[0] == exact[0]  # the forward replay is the same
+    error = float((approx[1] - exact[1]).norm() / exact[1].norm())
+    assert error < bar, error
+    assert float(exact[1].abs().max()) > 0
+
+
+def test_finite_difference_replay_calibrates_records_and_refuses_kinks():
+    from deepleak.attacks.second_order import FiniteDifference
+    from deepleak.errors import DeepleakError
+
+    model = build_model(LENET, 10, (3, 12, 12), seed=0)
+    batch = PrivateBatch(torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(0)), torch.arange(4) % 10)
+    observation = FedAvg(batch_size=2, epochs=2, lr=0.1).observe(model, batch, 10)
+    result = Replay(L2(), torch.optim.Adam, iterations=3, image_gradient=FiniteDifference()).reconstruct(
+        observation, batch.labels)
+    assert result.image_gradient_agreement > 0.999 and 0 < result.image_gradient_step < 1e-2
+    relu = build_model({**LENET, "activation_fn": "relu"}, 10, (3, 12, 12), seed=0)
+    observation = FedAvg(batch_size=2, epochs=2, lr=0.1).observe(relu, batch, 10)
+    with pytest.raises(DeepleakError, match="smooth victim"):
+        Replay(L2(), torch.optim.Adam, iterations=3, image_gradient=FiniteDifference()).reconstruct(observation, batch.labels)

@@ -54,6 +54,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from deepleak.attacks.inversion import Reconstruction, check_loop_settings
+from deepleak.attacks.second_order import DoubleBackward, FiniteDifference, norm
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation, set_bn_mode
 from deepleak.scenarios.fedavg import step_batches
@@ -118,8 +119,11 @@ class Client:
     """
 
     def __init__(self, model: torch.nn.Module, lr: float, schedule: list[tuple[torch.Tensor, torch.Tensor]],
-                 checkpoint_every: int = 0) -> None:
+                 checkpoint_every: int = 0, finite_difference: FiniteDifference | None = None) -> None:
         self.model = model
+        # None: each reverse step is a vector-Jacobian product through the step's double
+        # backward; a FiniteDifference: two first-order passes instead (_reverse_step_fd).
+        self.finite_difference = finite_difference
         self.names = [name for name, _ in model.named_parameters()]
         self.buffers = dict(model.named_buffers())
         self.lr = lr
@@ -207,6 +211,8 @@ class Client:
     def _reverse_step(self, t: int, weights: list[torch.Tensor], variables: torch.Tensor,
                       adjoint: list[torch.Tensor], grad: torch.Tensor) -> list[torch.Tensor]:
         """Back-propagate ``adjoint`` (d objective / d W_t+1) through step t from W_t."""
+        if self.finite_difference is not None:
+            return self._reverse_step_fd(t, weights, variables, adjoint, grad)
         indices, labels = self.schedule[t]
         leaf = self._leaf(weights)
         images = variables[indices].detach().requires_grad_(True)
@@ -215,6 +221,32 @@ class Client:
         grad.index_add_(0, indices, grads[-1].detach())
         adjoint = [g.detach() for g in grads[:-1]]
         del leaf, following, grads
+        release_freed_memory(adjoint)
+        return adjoint
+
+    def _reverse_step_fd(self, t: int, weights: list[torch.Tensor], variables: torch.Tensor,
+                         adjoint: list[torch.Tensor], grad: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`_reverse_step` by finite differences. With W' = W - eta grad_W L(W, x) and
+        lambda = ``adjoint``, the step's vector-Jacobian product is lambda - eta H lambda for W and
+        -eta d/dx <grad_W L, lambda> for x; both are d/da of first-order gradients
+        (grad_W L, grad_x L) at W + a lambda, taken by the route's difference scheme."""
+        route = self.finite_difference
+        indices, labels = self.schedule[t]
+        images = variables[indices].detach()
+        adjoint_norm = float(norm(adjoint))
+        if not (adjoint_norm > 0 and math.isfinite(adjoint_norm)):
+            return adjoint  # a zero adjoint passes through unchanged (a non-finite one is caught by the loop)
+        e = route.current_step * float(norm(weights)) / adjoint_norm
+
+        def gradients(alpha: float) -> list[torch.Tensor]:
+            moved = self._leaf(torch._foreach_add(list(weights), list(adjoint), alpha=alpha) if alpha else weights)
+            x = images.clone().requires_grad_(True)
+            with torch.enable_grad():
+                return list(torch.autograd.grad(self.loss(moved, x, labels), [*moved, x]))
+
+        *hessian_adjoint, image_part = route.derivative(gradients, e)
+        grad.index_add_(0, indices, image_part.mul_(-self.lr))
+        adjoint = torch._foreach_add(list(adjoint), hessian_adjoint, alpha=-self.lr)
         release_freed_memory(adjoint)
         return adjoint
 
@@ -283,7 +315,9 @@ class Replay:
     ``epoch_prior`` (weight of the epoch-order-invariant prior, per_epoch mode),
     ``realign_every`` (evaluations between re-matchings of the copies) and
     ``checkpoint_every`` (steps between stored weights; 0: ceil(sqrt(T)) for small weights,
-    else W_0 only with bisection in between).
+    else W_0 only with bisection in between) and ``image_gradient`` (the reverse steps by
+    double backward, default, or by finite differences on smooth victims, calibrated and
+    checked against the exact gradient at the start as in GradientInversion).
     """
 
     def __init__(
@@ -300,6 +334,7 @@ class Replay:
         box: bool = False,
         budget_s: float | None = None,
         log_every: int = 0,
+        image_gradient: DoubleBackward | FiniteDifference | None = None,
     ) -> None:
         check_loop_settings(iterations, restarts, budget_s)
         if mode not in ("shared", "per_epoch"):
@@ -318,6 +353,7 @@ class Replay:
         self.box = box
         self.budget_s = budget_s
         self.log_every = log_every
+        self.image_gradient = image_gradient if image_gradient is not None else DoubleBackward()
 
     # ------------------------------------------------------------------ the objective
     def weight_distance(self, client: Client, start: list[torch.Tensor], variables: torch.Tensor,
@@ -366,6 +402,11 @@ class Replay:
         shape = (n, *recipe.image_shape)
         begin = time.perf_counter()
         deadline = begin + self.budget_s if self.budget_s else math.inf
+        route = None if self.image_gradient.exact else self.image_gradient
+        agreement = None
+        if route is not None:
+            model = route.prepare_model(model)
+            agreement = self._calibrate(route, model, start, target, labels, recipe, step_labels, shape, seed)
 
         best = None
         distances: list[float] = []
@@ -377,7 +418,7 @@ class Replay:
                 break
             schedule = [(i.to(device), y) for i, y in
                         make_schedule(labels, epochs, recipe.batch_size, generator, copies, step_labels)]
-            client = Client(model, recipe.lr, schedule, self.checkpoint_every)
+            client = Client(model, recipe.lr, schedule, self.checkpoint_every, route)
             init = torch.rand(shape, generator=generator).to(device)
             variables = (init.repeat(epochs, 1, 1, 1) if copies else init).requires_grad_(True)
             result = self._run_restart(client, start, variables, labels, epochs, target, deadline, restart)
@@ -404,7 +445,26 @@ class Replay:
             epoch_images=best["epoch_images"].clamp(0, 1).cpu(),
             epoch_agreement=best["agreement"],
             mode=self.mode,
+            image_gradient_agreement=agreement,
+            image_gradient_step=None if route is None else route.current_step,
         )
+
+    def _calibrate(self, route: FiniteDifference, model, start, target, labels, recipe, step_labels, shape, seed) -> float:
+        """Calibrate ``route``'s step against the exact reverse pass on a draw of its own (the
+        restarts' random stream is unchanged); the agreement, or a DeepleakError."""
+        generator = torch.Generator().manual_seed(seed + 7919)
+        copies = self.mode == "per_epoch"
+        schedule = [(i.to(start[0].device), y) for i, y in
+                    make_schedule(labels, recipe.epochs, recipe.batch_size, generator, copies, step_labels)]
+        init = torch.rand(shape, generator=generator).to(start[0].device)
+        variables = init.repeat(recipe.epochs, 1, 1, 1) if copies else init
+        exact = self.weight_distance(Client(model, recipe.lr, schedule, self.checkpoint_every), start, variables, target)[1]
+        client = Client(model, recipe.lr, schedule, self.checkpoint_every, route)
+        value, step = route.calibrate(
+            lambda steps: route.agreements([exact], lambda: [self.weight_distance(client, start, variables, target)[1]], steps),
+            f"the replay of {type(model).__name__}")
+        log.info("finite-difference replay: step %.2g, cosine %.6f to the exact gradient", step, value)
+        return value
 
     def _run_restart(self, client, start, variables, labels, epochs, target, deadline, restart) -> dict:
         optimizer = self.optimizer([variables])

@@ -59,7 +59,8 @@ NON_SMOOTH: tuple[type[nn.Module], ...] = (
 LossFn = Callable[[Callable[[Tensor], Tensor], Sequence[Tensor]], Tensor]
 
 
-def _norm(tensors: Sequence[Tensor]) -> Tensor:
+def norm(tensors: Sequence[Tensor]) -> Tensor:
+    """The Euclidean norm of a list of tensors taken as one vector."""
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
 
 
@@ -157,12 +158,7 @@ class FiniteDifference:
                     at = loss(lambda x: functional_call(model, moved, (x,)), inputs)
                     return _fill(torch.autograd.grad(at, inputs, allow_unused=True), inputs)
 
-            # In place on the fresh input gradients: fewer image-sized temporaries per step.
-            plus = input_gradient(e)
-            if self.scheme == "forward":
-                gradients = [a.sub_(b).div_(e) for a, b in zip(plus, at_theta)]
-            else:
-                gradients = [a.sub_(b).div_(2 * e) for a, b in zip(plus, input_gradient(-e))]
+            gradients = self.derivative(input_gradient, e, at_theta)
         else:
             # A stationary point of the distance (or a non-finite one: the loop's check catches it).
             gradients = [torch.full_like(v, math.nan if not math.isfinite(u_norm) else 0.0) for v in variables]
@@ -175,7 +171,7 @@ class FiniteDifference:
         not change during an attack. (Held by reference: an id could be reused.)"""
         if self._public is None or self._public[0] is not model:
             names, params = zip(*[(n, p.detach()) for n, p in model.named_parameters()])
-            self._public = (model, names, params, float(_norm(params)) or 1.0)
+            self._public = (model, names, params, float(norm(params)) or 1.0)
         return self._public[1:]
 
     # ------------------------------------------------------------------ the self-check
@@ -189,13 +185,17 @@ class FiniteDifference:
         with torch.enable_grad():
             leaves = [v.detach().requires_grad_(True) for v in variables]
             theta_grads = torch.autograd.grad(loss(model, leaves), list(model.parameters()), create_graph=True)
-            exact = _flat(torch.autograd.grad(distance(list(theta_grads), target), leaves))
-        current, scores = self.current_step, {}
+            exact = torch.autograd.grad(distance(list(theta_grads), target), leaves)
+        return self.agreements(exact, lambda: self.value_and_gradient(model, variables, loss, distance, target)[2], steps)
+
+    def agreements(self, exact: Sequence[Tensor], approximate: Callable[[], Sequence[Tensor]],
+                   steps: Sequence[float]) -> dict[float, float]:
+        """{step: cosine between ``exact`` and ``approximate()`` evaluated at that step}."""
+        exact_flat, current, scores = _flat(exact), self.current_step, {}
         try:
             for step in steps:
                 self.current_step = step
-                approx = _flat(self.value_and_gradient(model, variables, loss, distance, target)[2])
-                scores[step] = float(F.cosine_similarity(approx, exact, dim=0).nan_to_num(-1.0))
+                scores[step] = float(F.cosine_similarity(_flat(approximate()), exact_flat, dim=0).nan_to_num(-1.0))
         finally:
             self.current_step = current
         return scores
@@ -205,23 +205,39 @@ class FiniteDifference:
         """(agreement, step): calibrate the step on :attr:`GRID` (unless fixed) against the
         exact gradient at ``variables``; raise a DeepleakError when the agreement is below
         ``min_agreement``. The step is kept for the following evaluations."""
+        return self.calibrate(lambda steps: self._agreements(model, variables, loss, distance, target, steps),
+                              type(model).__name__)
+
+    def calibrate(self, agreements: Callable[[Sequence[float]], dict[float, float]], what: str) -> tuple[float, float]:
+        """(agreement, step) from ``agreements(steps)`` ({step: cosine to the exact gradient}):
+        the fixed step, or the best of :attr:`GRID` refined by half-decades; a DeepleakError
+        below ``min_agreement``. Keeps the step for the following evaluations."""
         if self.step is not None:
-            scores = self._agreements(model, variables, loss, distance, target, [self.step])
+            scores = agreements([self.step])
         else:
-            scores = self._agreements(model, variables, loss, distance, target, self.GRID)
+            scores = agreements(self.GRID)
             best = max(scores, key=scores.get)
-            scores.update(self._agreements(model, variables, loss, distance, target,
-                                           [best * 10**0.5, best / 10**0.5]))
+            scores.update(agreements([best * 10**0.5, best / 10**0.5]))
         step = max(scores, key=scores.get)
         value = scores[step]
         if not value >= self.min_agreement:
             raise DeepleakError(
                 f"attack.image_gradient=finite_difference agrees with the exact image gradient only to cosine "
-                f"{value:.4f} at best (< min_agreement {self.min_agreement}) on {type(model).__name__}: finite "
+                f"{value:.4f} at best (< min_agreement {self.min_agreement}) on {what}: finite "
                 f"differences need a smooth victim (no ReLU or max-pooling kinks); use attack/image_gradient=double_backward"
             )
         self.current_step = step
         return value, step
+
+    def derivative(self, evaluate: Callable[[float], Sequence[Tensor]], e: float,
+                   at_zero: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """d/da evaluate(a) at a = 0 by this scheme, with step ``e``; ``at_zero``: evaluate(0)
+        when the caller already has it (forward scheme)."""
+        plus = evaluate(e)
+        if self.scheme == "forward":
+            base = evaluate(0.0) if at_zero is None else at_zero
+            return [a.sub_(b).div_(e) for a, b in zip(plus, base)]
+        return [a.sub_(b).div_(2 * e) for a, b in zip(plus, evaluate(-e))]
 
 
 def _direction(distance, candidate: list[Tensor], target: list[Tensor]):
@@ -235,7 +251,7 @@ def _direction(distance, candidate: list[Tensor], target: list[Tensor]):
         leaves = [c.detach().requires_grad_(True) for c in candidate]
         value = distance(leaves, target)
         gradient = torch.autograd.grad(value, leaves)
-    return float(value.detach()), [(1.0, gradient)], float(_norm(gradient))
+    return float(value.detach()), [(1.0, gradient)], float(norm(gradient))
 
 
 def _flat(tensors: Sequence[Tensor]) -> Tensor:
