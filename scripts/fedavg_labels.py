@@ -20,7 +20,7 @@ from deepleak import metrics
 from deepleak.data import SampleDataset
 from deepleak.data.distributions import Random, Unique
 from deepleak.labels import ZeroShot
-from deepleak.labels.fedavg import Fitted, Interpolated, Simulated
+from deepleak.labels.fedavg import Fitted, Interpolated, Mean, Simulated
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 from deepleak.tasks.attack import trial_seeds
@@ -37,6 +37,7 @@ METHODS = {
     "interp_sim_end": lambda: Interpolated(end="simulated"),
     "simulated": lambda: Simulated(),
     "fitted": lambda: Fitted(),
+    "mean": lambda: Mean([Simulated(), Fitted()]),
 }
 
 

@@ -213,3 +213,25 @@ def test_fitted_needs_shared_weights_and_valid_settings():
         Fitted(iterations=5).restore(obs)
     with pytest.raises(DeepleakError, match="iterations"):
         Fitted(iterations=0)
+
+
+def test_mean_averages_the_methods_counts_and_rounds_to_n():
+    from deepleak.labels.fedavg import Mean
+
+    class Fixed:
+        name = "fixed"
+
+        def __init__(self, counts):
+            self.values = torch.tensor(counts, dtype=torch.float64)
+
+        def counts(self, observation):
+            return self.values
+
+    obs = next(_clients(lr=0.01, epochs=1, count=1, n=4, b=2))[0]
+    mean = Mean({"a": Fixed([3.0, 1.0, 0.0] + [0.0] * 17), "b": Fixed([1.0, 1.0, 2.0] + [0.0] * 17)})
+    torch.testing.assert_close(mean.counts(obs)[:3], torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64))
+    assert mean.restore(obs).tolist() == [0, 0, 1, 2]
+    with pytest.raises(DeepleakError, match="no class counts"):
+        Mean([ZeroShot(), object()])
+    with pytest.raises(DeepleakError, match="at least one"):
+        Mean([])
