@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from deepleak.attacks.batched import check_batchable, reconstruct_batched
 from deepleak.attacks.group import GroupConsistency
 from deepleak.attacks.priors import attach_priors, detach_priors
-from deepleak.attacks.second_order import DoubleBackward, FiniteDifference
+from deepleak.attacks.second_order import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation, set_bn_mode
 
@@ -228,7 +228,7 @@ class GradientInversion:
         agreement = None
         if not self.image_gradient.exact:
             # Before any work: refuse a victim on which finite differences are meaningless.
-            check = torch.Generator().manual_seed(seed + 7919)  # its own draw: the restarts' stream is unchanged
+            check = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
             check_vars = self.label_variables(labels, observation.recipe.num_classes, 1, check, device)
             variables = [torch.rand(shape[1:], generator=check).to(device)] + ([] if check_vars is None else [check_vars[0]])
             agreement, step = self.image_gradient.check(model, variables, self._loss(labels), self.distance, target)

@@ -54,7 +54,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from deepleak.attacks.inversion import Reconstruction, check_loop_settings
-from deepleak.attacks.second_order import DoubleBackward, FiniteDifference, norm
+from deepleak.attacks.second_order import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference, norm
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation, set_bn_mode
 from deepleak.scenarios.fedavg import step_batches
@@ -452,7 +452,7 @@ class Replay:
     def _calibrate(self, route: FiniteDifference, model, start, target, labels, recipe, step_labels, shape, seed) -> float:
         """Calibrate ``route``'s step against the exact reverse pass on a draw of its own (the
         restarts' random stream is unchanged); the agreement, or a DeepleakError."""
-        generator = torch.Generator().manual_seed(seed + 7919)
+        generator = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
         copies = self.mode == "per_epoch"
         schedule = [(i.to(start[0].device), y) for i, y in
                     make_schedule(labels, recipe.epochs, recipe.batch_size, generator, copies, step_labels)]

@@ -54,6 +54,10 @@ NON_SMOOTH: tuple[type[nn.Module], ...] = (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
 
+# The start-up check draws its own variables from seed + this offset, so the restarts'
+# random stream is the same with and without it.
+CHECK_SEED_OFFSET = 7919
+
 # loss(forward, variables): the victim's loss at the dummy variables, with ``forward`` the
 # model's forward pass (at the public parameters, or at moved ones).
 LossFn = Callable[[Callable[[Tensor], Tensor], Sequence[Tensor]], Tensor]
