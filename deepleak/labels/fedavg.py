@@ -397,6 +397,8 @@ class Mean:
     (scripts/fedavg_labels.py, DLG LeNet-12, 20 classes, 20 clients, N = 16, B = 4):
     eta = 0.1, E = 5: 0.747 against 0.713 (simulated) and 0.653 (fitted); eta = 0.001, E = 5:
     0.966 against 0.963 and 0.953; N = 8, E = 2, eta = 0.01: 0.944 against 0.931 and 0.938.
+    After few steps the fit alone is better (eta = 0.1, E = 1: 0.669 against 0.791), after
+    many the mean (E = 10: 0.753 and 0.959 at eta = 0.1 and 0.001, against 0.662 and 0.928).
     """
 
     name = "mean"
