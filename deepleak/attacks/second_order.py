@@ -16,8 +16,8 @@ mixed second derivative:
       central:  (grad_v L(v; theta + e u) - grad_v L(v; theta - e u)) / (2 e)
 
   with e = ``step`` * ||theta|| / ||u||. A forward step costs a training step with the input
-  gradient plus one more forward and input-only backward (about 2x a training step, against
-  3-4x for the double backward, ``scripts/bench.py``); the central one a forward and backward
+  gradient plus one more forward and input-only backward (a whole attack step measured 1.6-3.2x
+  a training step, against 3.2-4.4x with the double backward, ``scripts/bench.py``); the central one a forward and backward
   more, and it is about 100x more accurate. Both need a *smooth* victim (sigmoid, tanh, GELU,
   ...): across a ReLU's kink the difference of input gradients jumps, whatever e.
 
