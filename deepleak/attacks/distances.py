@@ -116,15 +116,21 @@ class _CosineFlat(torch.autograd.Function):
         if hasattr(ctx, "scalars"):
             flat, target = ctx.saved_tensors
             dot, candidate_norm, norm, denominator = ctx.scalars
-            g = grad.item()
-            a = -g / denominator
-            b = g * dot * norm / (candidate_norm * denominator**2) if candidate_norm > 0 else 0.0
+            a, b = _cosine_scalars(grad.item(), dot, candidate_norm, norm, denominator)
             gradient = torch.add(target * a, flat, alpha=b)
         else:
             flat, target, dot, candidate_norm, target_norm, denominator = ctx.saved_tensors
             a, b = _cosine_coefficients(grad, dot, candidate_norm, target_norm, denominator)
             gradient = target * a + flat * b
         return (None, None, None, *_unflat(gradient, ctx.shapes))
+
+
+def _cosine_scalars(grad: float, dot: float, candidate_norm: float, target_norm: float,
+                    denominator: float) -> tuple[float, float]:
+    """:func:`_cosine_coefficients` in Python numbers."""
+    a = -grad / denominator
+    b = grad * dot * target_norm / (candidate_norm * denominator**2) if candidate_norm > 0 else 0.0
+    return a, b
 
 
 def _cosine_coefficients(grad, dot, candidate_norm, target_norm, denominator):
@@ -240,8 +246,7 @@ class Cosine:
                 dot, candidate_norm = float(_dot(candidate, target)), float(_squared_norm(candidate).sqrt())
         norm = float(target_norm)
         denominator = candidate_norm * norm + self.eps
-        a = -1.0 / denominator
-        b = dot * norm / (candidate_norm * denominator**2) if candidate_norm > 0 else 0.0
+        a, b = _cosine_scalars(1.0, dot, candidate_norm, norm, denominator)
         parts = (a * norm) ** 2 + (b * candidate_norm) ** 2
         squared = parts + 2 * a * b * dot
         if not squared > 1e-4 * parts:

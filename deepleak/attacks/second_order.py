@@ -143,7 +143,7 @@ class FiniteDifference:
             prior_graph = prior is not None and prior.requires_grad
             wanted = list(model.parameters()) + (leaves if self.scheme == "forward" else [])
             grads = torch.autograd.grad(value, wanted, retain_graph=prior_graph, allow_unused=True)
-            theta_grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+            theta_grads = _fill(grads[:len(params)], params)
             at_theta = _fill(grads[len(params):], leaves) if self.scheme == "forward" else None
             prior_grads = _fill(torch.autograd.grad(prior, leaves, allow_unused=True), leaves) if prior_graph else None
         matched, u, u_norm = _direction(distance, theta_grads, target)
