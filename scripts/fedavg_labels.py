@@ -20,7 +20,7 @@ from deepleak import metrics
 from deepleak.data import SampleDataset
 from deepleak.data.distributions import Random, Unique
 from deepleak.labels import ZeroShot
-from deepleak.labels.fedavg import Fitted, Interpolated, Mean, Simulated
+from deepleak.labels.fedavg import Fitted, Interpolated, Mean, Search, Simulated
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 from deepleak.tasks.attack import trial_seeds
@@ -38,6 +38,7 @@ METHODS = {
     "simulated": lambda: Simulated(),
     "fitted": lambda: Fitted(),
     "mean": lambda: Mean([Simulated(), Fitted()]),
+    "search": lambda: Search(),
 }
 
 

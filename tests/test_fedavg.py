@@ -235,3 +235,45 @@ def test_mean_averages_the_methods_counts_and_rounds_to_n():
         Mean([ZeroShot(), object()])
     with pytest.raises(DeepleakError, match="at least one"):
         Mean([])
+
+
+class _FixedStart:
+    """A label method that returns given labels (the search's first estimate)."""
+
+    name = "fixed"
+
+    def __init__(self, labels):
+        self.labels = torch.tensor(labels)
+
+    def restore(self, observation):
+        return self.labels
+
+
+def test_search_moves_a_wrong_label_back():
+    """The true labels with one label moved to an absent class: the search moves it back."""
+    from deepleak.labels.fedavg import Search, _row_sums
+
+    obs, labels = next(_clients(lr=0.001, epochs=1, count=1, n=8, b=4))
+    truth = labels.sort().values
+    wrong = truth.clone()
+    absent = next(c for c in range(20) if c not in truth.tolist())
+    wrong[0] = absent
+    search = Search(start=_FixedStart(wrong.tolist()), repeats=2)
+    s = _row_sums(obs)
+    assert search.score(obs, truth, s)[0] < search.score(obs, wrong.sort().values, s)[0]
+    assert search.restore(obs).tolist() == truth.tolist()
+    counts = search.counts(obs)
+    assert float(counts.sum()) == 8 and counts.tolist() == torch.bincount(truth, minlength=20).double().tolist()
+    # With no moves allowed it keeps its start.
+    assert Search(start=_FixedStart(wrong.tolist()), repeats=2, rounds=0).restore(obs).tolist() == wrong.sort().values.tolist()
+
+
+def test_search_rejects_bad_settings():
+    from deepleak.labels.fedavg import Search
+
+    with pytest.raises(DeepleakError, match="candidates"):
+        Search(candidates=0)
+    with pytest.raises(DeepleakError, match="rounds"):
+        Search(rounds=-1)
+    with pytest.raises(DeepleakError, match="start"):
+        Search(start=object())

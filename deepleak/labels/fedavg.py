@@ -91,6 +91,13 @@ def _shared_weights(observation: Observation) -> tuple[torch.Tensor, ...]:
     return observation.weights
 
 
+def _row_sums(observation: Observation) -> torch.Tensor:
+    """The class row sums S (C,) of the pseudo-gradient's classifier weight, float64 on the CPU."""
+    _shared_weights(observation)
+    weight_gradient, _ = last_layer_gradient(observation.gradient_view())
+    return weight_gradient.sum(dim=1).double().cpu()
+
+
 class Interpolated:
     """Per-step interpolated counts (Dimitrov et al.) around any count-based label method.
 
@@ -165,8 +172,7 @@ class Interpolated:
             return total / len(fractions)
         o_start, p_start = self.base.dummy_statistics(pseudo)
         o_end, p_end = self.base.dummy_statistics(replace(pseudo, model=with_weights(observation.model, end)))
-        weight_gradient, _ = last_layer_gradient(pseudo)
-        s = weight_gradient.sum(dim=1).double().cpu()
+        s = _row_sums(observation)
         total = torch.zeros_like(s)
         for a in fractions:
             o_t = (1 - a) * o_start + a * o_end
@@ -245,23 +251,25 @@ class Simulated:
         others = len(labels) - onehot.sum(dim=0)  # samples of other classes
         return deficit, push, others
 
+    def solve(self, observation: Observation, labels: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The counts (C,) that the linear model fitted on clients simulated with ``labels``
+        (N,) gives for the observed class row sums ``s`` (C,)."""
+        n = observation.recipe.num_samples
+        deficit, push, others = 0.0, torch.zeros_like(s), torch.zeros_like(s)
+        for repeat in range(self.repeats):
+            d, u, o = self.profile(observation, labels, repeat)
+            deficit, push, others = deficit + d, push + u, others + o
+        w = deficit / (n * self.repeats)  # mean fit deficit per sample
+        r = push / others.clamp(min=1)  # mean push on class n per sample of another class
+        return (n * r - s) / (w + r)
+
     def counts(self, observation: Observation) -> torch.Tensor:
         """Real-valued class counts (num_classes,)."""
-        _shared_weights(observation)
-        pseudo = observation.gradient_view()
+        s = _row_sums(observation)
         n = observation.recipe.num_samples
-        weight_gradient, _ = last_layer_gradient(pseudo)
-        s = weight_gradient.sum(dim=1).double().cpu()
         counts = self.first.counts(observation)
         for iteration in range(self.iterations):
-            labels = counts_to_labels(counts.numpy(), n, self.rounding)
-            deficit, push, others = 0.0, torch.zeros_like(s), torch.zeros_like(s)
-            for repeat in range(self.repeats):
-                d, u, o = self.profile(observation, labels, repeat)
-                deficit, push, others = deficit + d, push + u, others + o
-            w = deficit / (n * self.repeats)  # mean fit deficit per sample
-            r = push / others.clamp(min=1)  # mean push on class n per sample of another class
-            update = (n * r - s) / (w + r)
+            update = self.solve(observation, counts_to_labels(counts.numpy(), n, self.rounding), s)
             # The first two passes jump; later ones are damped (the map can oscillate).
             counts = update if iteration < 2 else self.damping * counts + (1 - self.damping) * update
             if not torch.isfinite(counts).all():
@@ -385,9 +393,6 @@ class Fitted:
         return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
 
 
-__all__ = ["Fitted", "Interpolated", "Simulated", "simulate_training", "with_weights"]
-
-
 class Mean:
     """Counts averaged over several FedAvg label methods, then rounded (deepleak's ensemble).
 
@@ -419,3 +424,84 @@ class Mean:
 
     def restore(self, observation: Observation) -> torch.Tensor:
         return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
+
+
+class Search:
+    """Local search for the label set most consistent with the simulated client (deepleak's).
+
+    :class:`Simulated` iterates a fixed point and can stall on a wrong label set. This method
+    scores a candidate label multiset y by how far the counts that the simulation with y
+    implies (``Simulated.solve``) sit from y itself, sum_n (lambda_n(y) - y_n)^2, and moves one
+    label at a time: from the ``candidates`` present classes with the most negative excess
+    lambda - y to the ``candidates`` classes with the most positive one, taking the best move
+    while it lowers the score, for at most ``rounds`` moves. Every candidate is scored on the
+    same ``repeats`` dummy clients (common random numbers), so the scores compare label sets,
+    not draws. It starts from ``start`` (default: the mean of simulated and fitted counts).
+
+    Measured (DLG LeNet-12, 20 classes, N = 16, B = 4, eta = 0.01, E = 10, 20 clients):
+    0.878 against 0.794 for its start; about 20 s more per client on one CPU thread. The score
+    is a model of the client, not the truth: on some clients a wrong set scores lower than
+    the true one, which is where the search stops short.
+    """
+
+    name = "search"
+
+    def __init__(
+        self,
+        start: Any = None,
+        repeats: int = 6,
+        candidates: int = 3,
+        rounds: int = 12,
+        rounding: str = "largest_remainder",
+        seed: int = 0,
+    ) -> None:
+        if candidates < 1:
+            raise DeepleakError(f"labels.candidates must be >= 1, got {candidates}")
+        if rounds < 0:
+            raise DeepleakError(f"labels.rounds must be >= 0, got {rounds}")
+        self.start = start if start is not None else Mean([Simulated(seed=seed), Fitted(seed=seed)], rounding)
+        if not hasattr(self.start, "restore"):
+            raise DeepleakError("labels.start must be a label method (it gives the first estimate)")
+        self.simulated = Simulated(repeats=repeats, rounding=rounding, seed=seed)
+        self.candidates = int(candidates)
+        self.rounds = int(rounds)
+        self.rounding = rounding
+
+    def score(self, observation: Observation, labels: torch.Tensor, s: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """(sum of squared excess, excess lambda(y) - y (C,)) of the sorted labels ``labels`` (N,)."""
+        excess = self.simulated.solve(observation, labels, s) - torch.bincount(labels.cpu(), minlength=len(s)).double()
+        if not torch.isfinite(excess).all():
+            raise DeepleakError("searched label counts are not finite: the shared weights hold NaN or inf")
+        return float(excess.pow(2).sum()), excess
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        s = _row_sums(observation)
+        labels = self.start.restore(observation).cpu().sort().values
+        best, excess = self.score(observation, labels, s)
+        for _ in tqdm(range(self.rounds), desc="label search", leave=False, disable=None):
+            present = torch.bincount(labels, minlength=len(s)) > 0
+            sources = [int(c) for c in torch.argsort(excess) if present[c]][: self.candidates]
+            targets = [int(c) for c in torch.argsort(excess, descending=True)][: self.candidates]
+            moves = []
+            for source in sources:
+                for target in targets:
+                    if source != target:
+                        moved = labels.clone()
+                        moved[int((moved == source).nonzero()[0])] = target
+                        moved = moved.sort().values
+                        moves.append((*self.score(observation, moved, s), moved))
+            if not moves:
+                break
+            score, moved_excess, moved = min(moves, key=lambda move: move[0])
+            if score >= best:
+                break
+            best, excess, labels = score, moved_excess, moved
+            log.debug("label search: score %.4g", best)
+        return labels
+
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """The found label set as counts (num_classes,), summing to N."""
+        return torch.bincount(self.restore(observation), minlength=observation.recipe.num_classes).double()
+
+
+__all__ = ["Fitted", "Interpolated", "Mean", "Search", "Simulated", "simulate_training", "with_weights"]
