@@ -389,10 +389,9 @@ def section_step(args, device: torch.device, clock: Clock, cases: list[Case]) ->
 def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.device, finite_difference: bool = False):
     """(evaluate(), simulated steps T) of one FedAvg replay evaluation; ``finite_difference``:
     reverse steps by first-order differences (a fixed step: the cost does not depend on it)."""
-    from deepleak.attacks.second_order import FiniteDifference
-
     from deepleak.attacks.distances import L2
     from deepleak.attacks.replay import Client, Replay, make_schedule
+    from deepleak.attacks.second_order import FiniteDifference
     from deepleak.models import build_model
     from deepleak.scenarios import FedAvg, PrivateBatch
 

@@ -398,7 +398,6 @@ class Replay:
         labels = labels.to(device)
         generator = torch.Generator().manual_seed(seed)
         step_labels = observation.metadata.get("step_labels")
-        copies = self.mode == "per_epoch"
         shape = (n, *recipe.image_shape)
         begin = time.perf_counter()
         deadline = begin + self.budget_s if self.budget_s else math.inf
@@ -416,11 +415,9 @@ class Replay:
             if time.perf_counter() >= deadline:
                 stopped = True
                 break
-            schedule = [(i.to(device), y) for i, y in
-                        make_schedule(labels, epochs, recipe.batch_size, generator, copies, step_labels)]
+            schedule, variables = self._draw(labels, recipe, step_labels, shape, generator, device)
             client = Client(model, recipe.lr, schedule, self.checkpoint_every, route)
-            init = torch.rand(shape, generator=generator).to(device)
-            variables = (init.repeat(epochs, 1, 1, 1) if copies else init).requires_grad_(True)
+            variables.requires_grad_(True)
             result = self._run_restart(client, start, variables, labels, epochs, target, deadline, restart)
             evaluations += result["evaluations"]
             iterations_done += result["iterations"]
@@ -449,15 +446,20 @@ class Replay:
             image_gradient_step=None if route is None else route.current_step,
         )
 
+    def _draw(self, labels, recipe, step_labels, shape, generator, device) -> tuple[list, torch.Tensor]:
+        """(schedule, dummy variables) of one restart, from ``generator``: the batch order of
+        every step, then uniform images (one copy per epoch in per_epoch mode)."""
+        copies = self.mode == "per_epoch"
+        schedule = [(i.to(device), y) for i, y in
+                    make_schedule(labels, recipe.epochs, recipe.batch_size, generator, copies, step_labels)]
+        init = torch.rand(shape, generator=generator).to(device)
+        return schedule, (init.repeat(recipe.epochs, 1, 1, 1) if copies else init)
+
     def _calibrate(self, route: FiniteDifference, model, start, target, labels, recipe, step_labels, shape, seed) -> float:
         """Calibrate ``route``'s step against the exact reverse pass on a draw of its own (the
         restarts' random stream is unchanged); the agreement, or a DeepleakError."""
         generator = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
-        copies = self.mode == "per_epoch"
-        schedule = [(i.to(start[0].device), y) for i, y in
-                    make_schedule(labels, recipe.epochs, recipe.batch_size, generator, copies, step_labels)]
-        init = torch.rand(shape, generator=generator).to(start[0].device)
-        variables = init.repeat(recipe.epochs, 1, 1, 1) if copies else init
+        schedule, variables = self._draw(labels, recipe, step_labels, shape, generator, start[0].device)
         exact = self.weight_distance(Client(model, recipe.lr, schedule, self.checkpoint_every), start, variables, target)[1]
         client = Client(model, recipe.lr, schedule, self.checkpoint_every, route)
         value, step = route.calibrate(
