@@ -24,11 +24,16 @@ def test_labels_only_records_recipe_and_leak_switches(compose, tmp_path):
     assert saved["metadata_leaked"] == {"step_labels": False, "snapshot_every": 0}
 
 
-@pytest.mark.parametrize("mode", ["shared", "per_epoch"])
-def test_replay_route_records_per_epoch_agreement(compose, tmp_path, mode):
+@pytest.mark.parametrize("mode, assignment", [("shared", "random"), ("shared", "learned"), ("per_epoch", "random")])
+def test_replay_route_records_per_epoch_agreement(compose, tmp_path, mode, assignment):
     cfg = compose(*SMALL, "attack=fedavg_replay", "attack.iterations=2", "attack.optimizer.max_iter=3",
-                  f"attack.mode={mode}", "labels=oracle")
+                  f"attack.mode={mode}", f"attack.assignment={assignment}", "attack.assignment_iterations=2",
+                  "labels=oracle")
     trial = run(cfg, tmp_path)["per_trial"][0]
+    saved = json.loads((tmp_path / "metrics.json").read_text())["per_trial"][0]
+    assert saved["replay_assignment"] == assignment
+    assert len(saved["replay_schedule"]) == 4  # N 4, B 2, E 2: T = 4 steps of dummy indices
+    assert (saved["relaxed_distance"] is not None) == (assignment == "learned")
     assert len(trial["epoch_psnr"]) == 2 and len(trial["epoch_agreement"]) == 2
     assert all(p > 5 for p in trial["epoch_psnr"])
     assert trial["psnr_mean"] > 5 and trial["gradient_distance"] >= 0

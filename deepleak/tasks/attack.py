@@ -159,6 +159,10 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
                 for epoch in epoch_images
             ]
             record["epoch_agreement"] = reconstruction.epoch_agreement
+            # The batch order the replay ran (dummy indices per step) and how it got it.
+            record["replay_assignment"] = reconstruction.assignment
+            record["replay_schedule"] = reconstruction.schedule
+            record["relaxed_distance"] = reconstruction.relaxed_distance
         if cfg.save_images:
             paired = reconstruction.images[scores["permutation"]]
             record["images"] = [
