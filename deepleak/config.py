@@ -31,6 +31,7 @@ class DeepleakConfig:
     batch_size: int = 4
     seed: int = 0
     trials: int = 1
+    first_trial: int = 0
     device: str = "auto"
     save_images: bool = True
     resume: bool = False

@@ -24,6 +24,21 @@ def test_labels_only_records_recipe_and_leak_switches(compose, tmp_path):
     assert saved["metadata_leaked"] == {"step_labels": False, "snapshot_every": 0}
 
 
+def test_first_trial_reruns_the_same_trials(compose, tmp_path):
+    """first_trial splits one setting's trials over jobs: trial 1 run alone is trial 1 of a
+    two-trial run (same private batch, model and labels)."""
+    both = run(compose(*SMALL, "attack=none", "batch_size=6", "scenario.batch_size=4", "trials=2"), tmp_path / "a")
+    second = run(compose(*SMALL, "attack=none", "batch_size=6", "scenario.batch_size=4", "first_trial=1"),
+                 tmp_path / "b")
+    assert second["first_trial"] == 1 and [t["trial"] for t in second["per_trial"]] == [1]
+    assert second["per_trial"][0]["seeds"] == both["per_trial"][1]["seeds"]
+    for key in ("indices", "true_labels", "restored_labels"):  # arrays or lists
+        assert list(second["per_trial"][0][key]) == list(both["per_trial"][1][key])
+    assert both["per_trial"][0]["seeds"] != both["per_trial"][1]["seeds"]
+    with pytest.raises(DeepleakError, match="first_trial must be >= 0"):
+        validate(compose(*SMALL, "first_trial=-1"))
+
+
 @pytest.mark.parametrize("mode, assignment", [("shared", "random"), ("shared", "learned"), ("per_epoch", "random")])
 def test_replay_route_records_per_epoch_agreement(compose, tmp_path, mode, assignment):
     cfg = compose(*SMALL, "attack=fedavg_replay", "attack.iterations=2", "attack.optimizer.max_iter=3",

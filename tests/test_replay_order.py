@@ -127,3 +127,38 @@ def test_learned_order_is_recorded_and_checked():
         Replay(L2(), torch.optim.Adam, mode="per_epoch", assignment="learned")
     with pytest.raises(DeepleakError, match="assignment_iterations must be >= 0"):
         Replay(L2(), torch.optim.Adam, assignment_iterations=-1)
+
+
+def test_the_lowest_relaxed_start_is_kept(monkeypatch):
+    """With several relaxed starts, the schedule and the images of the start with the lowest
+    relaxed distance go on to the exact replay."""
+    batch, obs = _client(n=4, b=2, epochs=1, lr=0.05)
+    found = iter([([0, 1], 0.5), ([0, 2], 0.1), ([0, 3], 0.3)])
+    seen = []
+
+    def fake(self, model, start, variables, labels, recipe, target, generator, deadline, restart):
+        first, distance = next(found)
+        seen.append(variables.detach().clone())
+        rest = sorted(set(range(4)) - set(first))
+        return [(torch.tensor(b), labels[torch.tensor(b)]) for b in (first, rest)], distance
+
+    monkeypatch.setattr(Replay, "_learn_schedule", fake)
+    began = []
+    original = Replay._run_restart
+
+    def spy(self, client, start, variables, *args):
+        began.append(variables.detach().clone())
+        return original(self, client, start, variables, *args)
+
+    monkeypatch.setattr(Replay, "_run_restart", spy)
+    result = Replay(L2(), torch.optim.Adam, iterations=1, assignment="learned", assignment_starts=3).reconstruct(
+        obs, batch.labels)
+    assert result.schedule == [[0, 2], [1, 3]] and result.relaxed_distance == 0.1
+    assert len(seen) == 3 and not torch.equal(seen[0], seen[1])  # every start draws its own images
+    torch.testing.assert_close(began[0], seen[1])
+    with pytest.raises(DeepleakError, match="assignment_starts must be >= 1"):
+        Replay(L2(), torch.optim.Adam, assignment_starts=0)
+    # One step per epoch: no order to learn.
+    _, whole = _client(n=4, b=4, epochs=2, lr=0.05)
+    assert Replay(L2(), torch.optim.Adam, iterations=1, assignment="learned").reconstruct(
+        whole, batch.labels).assignment == "random"

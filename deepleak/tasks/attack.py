@@ -39,6 +39,8 @@ def validate(cfg: DictConfig) -> None:
         raise DeepleakError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.trials < 1:
         raise DeepleakError(f"trials must be >= 1, got {cfg.trials}")
+    if cfg.first_trial < 0:
+        raise DeepleakError(f"first_trial must be >= 0, got {cfg.first_trial}")
     # FedAvg: the top-level batch_size is the client's N, scenario.batch_size its mini-batch B.
     local = OmegaConf.select(cfg, "scenario.batch_size", default=None)
     if isinstance(local, int) and local > cfg.batch_size:
@@ -222,6 +224,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "image_shape": list(objects["dataset"].image_shape),
         "batch_size": cfg.batch_size,
         "trials": cfg.trials,
+        "first_trial": cfg.first_trial,
         "seed": cfg.seed,
         "device": str(device),
         "torch": torch.__version__,
@@ -229,7 +232,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "metadata_leaked": dict(getattr(objects["scenario"], "metadata_leaked", {})),
     }
     records = []
-    for trial in range(cfg.trials):
+    for trial in range(cfg.first_trial, cfg.first_trial + cfg.trials):
         records.append(run_trial(cfg, objects, trial, device, lpips_metric, run_dir))
         result.update(summary=summarise(records), per_trial=records, trials_done=len(records),
                       wall_seconds=time.perf_counter() - started)
