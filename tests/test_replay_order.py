@@ -8,18 +8,18 @@ import torch
 
 from deepleak.attacks.distances import L2
 from deepleak.attacks.priors import TotalVariation
-from deepleak.attacks.replay import Client, Replay, make_schedule, relaxed_assignment, round_assignment
+from deepleak.attacks.replay import Client, Replay, make_schedule
+from deepleak.batch_order import batch_sizes, relaxed_assignment, round_assignment
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
-from deepleak.scenarios.fedavg import step_batches
 
 LENET = {"_target_": "deepleak.models.LeNet", "width": 6, "activation_fn": "sigmoid", "init_scale": 0.5}
 
 
 @pytest.mark.parametrize("n, b", [(8, 4), (5, 2), (6, 6)])
 def test_relaxed_assignment_has_the_batch_marginals(n, b):
-    sizes = [len(c) for c in step_batches(torch.arange(n), b)]
+    sizes = batch_sizes(n, b)
     logits = torch.randn(len(sizes), n, generator=torch.Generator().manual_seed(n)) * 3
     assignment = relaxed_assignment(logits, sizes, iterations=200)
     assert (assignment >= 0).all()

@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 
 from deepleak.attacks.inversion import Reconstruction, check_loop_settings
 from deepleak.attacks.second_order import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference, norm
+from deepleak.batch_order import batch_sizes, relaxed_assignment, round_assignment, start_logits, step_shares
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation, set_bn_mode
 from deepleak.scenarios.fedavg import step_batches
@@ -120,9 +121,6 @@ def release_freed_memory(weights: list[torch.Tensor]) -> None:
             sum(w.numel() * w.element_size() for w in weights) >= TRIM_MIN_BYTES:
         _MALLOC_TRIM(0)
 
-
-# Scale of the random logits a learned assignment starts from (near the uniform assignment).
-ASSIGNMENT_NOISE = 0.1
 
 # Weight sets the reverse pass may store between checkpoints (see Client._reverse): 2 measured
 # 1.55-1.69x of E = 1's memory at E = 10 on ResNet-18, 1 no lower, for more recomputation.
@@ -336,26 +334,6 @@ def make_schedule(labels: torch.Tensor, epochs: int, batch_size: int, generator:
         for chunk in step_batches(order_tensor, batch_size):
             schedule.append((chunk + offset, labels[chunk]))
     return schedule
-
-
-def relaxed_assignment(logits: torch.Tensor, sizes: list[int], iterations: int = 30) -> torch.Tensor:
-    """Sinkhorn in the log domain: from ``logits`` (S, N), the nonnegative (S, N) matrix with
-    row sums ``sizes`` (the epoch's mini-batch sizes) and column sums 1 (every sample used once
-    per epoch) closest to exp(logits); differentiable."""
-    log_sizes = torch.log(torch.as_tensor(sizes, dtype=logits.dtype, device=logits.device))[:, None]
-    for _ in range(iterations):
-        logits = logits - torch.logsumexp(logits, dim=1, keepdim=True) + log_sizes
-        logits = logits - torch.logsumexp(logits, dim=0, keepdim=True)
-    return logits.exp()
-
-
-def round_assignment(assignment: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """The hard assignment nearest to a relaxed one (S, N): per step, the indices (sorted) of
-    its ``sizes[s]`` samples, maximising the total weight kept (Hungarian, each step's row
-    repeated once per slot)."""
-    slots = np.repeat(np.arange(len(sizes)), sizes)
-    rows, cols = linear_sum_assignment(-assignment.detach().cpu().numpy()[slots])
-    return [torch.as_tensor(np.sort(cols[slots[rows] == s]), dtype=torch.int64) for s in range(len(sizes))]
 
 
 def align(copies: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
@@ -575,23 +553,17 @@ class Replay:
         assignment jointly, then round it. Returns (the hard schedule, the relaxed phase's
         final weight distance)."""
         n, epochs, device = len(labels), recipe.epochs, variables.device
-        sizes = [len(chunk) for chunk in step_batches(torch.arange(n), recipe.batch_size)]
-        logits = (ASSIGNMENT_NOISE * torch.randn((epochs, len(sizes), n), generator=generator)).to(device)
-        logits.requires_grad_(True)
+        sizes = batch_sizes(n, recipe.batch_size)
+        logits = start_logits(epochs, sizes, n, generator).to(device).requires_grad_(True)
         everyone = torch.arange(n, device=device)
         soft_schedule = [(everyone, labels)] * (epochs * len(sizes))
-        per_step = torch.as_tensor(sizes, dtype=variables.dtype, device=device)[:, None]
-
-        def sample_weights() -> torch.Tensor:
-            """(T, N): each step's weight on each sample's loss (assignment / batch size)."""
-            return torch.cat([relaxed_assignment(epoch, sizes) / per_step for epoch in logits])
 
         optimizer = self.optimizer([variables, logits])
         state = {"distance": math.inf}
 
         def closure() -> torch.Tensor:
             with torch.enable_grad():
-                weights = sample_weights()
+                weights = step_shares(logits, sizes)
             client = Client(model, recipe.lr, soft_schedule, self.checkpoint_every, None, weights.detach())
             distance, grad = self.weight_distance(client, start, variables, target)
             prior, _ = self._prior(variables, labels, epochs, None)
