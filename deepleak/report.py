@@ -4,8 +4,9 @@ A *job* is any directory under the given paths that holds ``metrics.json`` or a 
 marker (a job that failed before its first trial has no metrics, and is still reported);
 the ``previous-N/`` attempts that ``resume=true`` moved aside are not jobs.
 Jobs are grouped by their Hydra overrides (``.hydra/overrides.yaml``), leaving out
-``hydra.*``, ``resume``, ``threads`` and ``seed``: jobs that differ only in the seed are
-repeats, and their per-trial records are pooled. Where one job sets a key that another
+``hydra.*``, ``resume``, ``threads``, ``seed`` and ``first_trial``: jobs that differ only in
+the seed are repeats, jobs that differ only in ``first_trial`` are parts of one setting's
+trials, and in both cases their per-trial records are pooled. Where one job sets a key that another
 leaves at its default, the other's value is read from its composed config (the group
 choice in ``.hydra/hydra.yaml`` for a config group, ``.hydra/config.yaml`` for a value),
 so sweeps with different override lists can be reported together.
@@ -55,8 +56,9 @@ METRICS: dict[str, tuple[str, int]] = {
     "ssim_mean": ("SSIM", 3),
     "lpips_mean": ("LPIPS", 3),
 }
-#: Override keys that never separate groups (seed: a repeat; the others change no result).
-IGNORED_KEYS = ("seed", "resume", "threads")
+#: Override keys that never separate groups (seed: a repeat; first_trial: a part of the same
+#: trials; the others change no result).
+IGNORED_KEYS = ("seed", "first_trial", "resume", "threads")
 REPORT_NAME = "report"
 MARKERS = "osD^vP*X"  # lines that coincide stay visible
 MONTAGE_ROWS = 12  # grids per montage page

@@ -88,6 +88,15 @@ def test_groups_and_mean_std(sweep):
     assert ABSENT_REASON in md
 
 
+def test_jobs_split_by_first_trial_are_pooled(tmp_path):
+    make_job(tmp_path / "a", ["attack=fedavg_replay", "trials=2"], psnr=[10.0, 12.0], label_accuracy=[1.0, 1.0])
+    make_job(tmp_path / "b", ["attack=fedavg_replay", "trials=2", "first_trial=2"], psnr=[14.0, 16.0],
+             label_accuracy=[0.5, 1.0])
+    (row,) = read_csv(rep.report([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out"))
+    assert row["n"] == "4" and row["jobs"] == "2" and "first_trial" not in row
+    assert float(row["psnr_mean_mean"]) == pytest.approx(13.0)
+
+
 def test_failed_job_is_listed_not_dropped(sweep):
     folder = rep.report([sweep])
     failed = [r for r in read_csv(folder) if r["failed"] == "1"]
