@@ -587,6 +587,7 @@ class Replay:
                 with torch.no_grad():
                     variables.copy_(last[0])
                     logits.copy_(last[1])
+                state["distance"] = math.inf  # never preferred over a start that stayed finite
                 break
             if self.box:
                 with torch.no_grad():
@@ -599,12 +600,13 @@ class Replay:
         variables.grad = None
         with torch.no_grad():
             schedule = []
-            for epoch, epoch_logits in enumerate(logits):
+            for epoch_logits in logits:
                 for batch in round_assignment(relaxed_assignment(epoch_logits, sizes), sizes):
                     schedule.append((batch.to(device), labels[batch.to(device)]))
         log.info("replay restart %d: learned the batch order in %d steps (relaxed weight distance %.4g): %s",
                  restart, self.assignment_iterations, state["distance"], [b.tolist() for b, _ in schedule])
-        return schedule, state["distance"]
+        distance = state["distance"] if math.isfinite(state["distance"]) else math.inf
+        return schedule, distance
 
     def _calibrate(self, route: FiniteDifference, model, start, target, labels, recipe, step_labels, shape, seed) -> float:
         """Calibrate ``route``'s step against the exact reverse pass on a draw of its own (the
