@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from deepleak.errors import DeepleakError
 from deepleak.tasks.attack import run, validate
@@ -24,17 +25,40 @@ def test_labels_only_records_recipe_and_leak_switches(compose, tmp_path):
     assert saved["metadata_leaked"] == {"step_labels": False, "snapshot_every": 0}
 
 
-def test_first_trial_reruns_the_same_trials(compose, tmp_path):
+def test_first_trial_reruns_the_same_trials(compose, tmp_path, monkeypatch):
     """first_trial splits one setting's trials over jobs: trial 1 run alone is trial 1 of a
-    two-trial run (same private batch, model and labels)."""
-    both = run(compose(*SMALL, "attack=none", "batch_size=6", "scenario.batch_size=4", "trials=2"), tmp_path / "a")
-    second = run(compose(*SMALL, "attack=none", "batch_size=6", "scenario.batch_size=4", "first_trial=1"),
-                 tmp_path / "b")
+    two-trial run (same private batch, model, shuffle order, shared weights and labels)."""
+    from deepleak.scenarios import FedAvg
+
+    shared = []
+    original = FedAvg.observe
+
+    def spy(self, *args, **kwargs):
+        observation = original(self, *args, **kwargs)
+        shared.append(torch.cat([w.flatten() for w in observation.weights]))
+        return observation
+
+    monkeypatch.setattr(FedAvg, "observe", spy)
+    small = (*SMALL, "attack=none", "batch_size=6", "scenario.batch_size=2", "scenario.lr=0.1")
+    both = run(compose(*small, "trials=2"), tmp_path / "a")
+    second = run(compose(*small, "first_trial=1"), tmp_path / "b")
     assert second["first_trial"] == 1 and [t["trial"] for t in second["per_trial"]] == [1]
     assert second["per_trial"][0]["seeds"] == both["per_trial"][1]["seeds"]
     for key in ("indices", "true_labels", "restored_labels"):  # arrays or lists
         assert list(second["per_trial"][0][key]) == list(both["per_trial"][1][key])
-    assert both["per_trial"][0]["seeds"] != both["per_trial"][1]["seeds"]
+    assert torch.equal(shared[2], shared[1])  # the client trained in the same order
+    # A different shuffle of the same batch and model shares different weights: the check bites.
+    again = FedAvg(batch_size=2, epochs=2, lr=0.1, seed=0)
+    cfg = compose(*small)
+    from deepleak.config import make
+    from deepleak.models import build_model
+    from deepleak.scenarios import PrivateBatch
+    from deepleak.tasks.attack import trial_seeds
+    data = make(cfg.dataset)
+    images, labels = data.batch(both["per_trial"][1]["indices"])
+    model = build_model(cfg.model, data.num_classes, tuple(data.image_shape), trial_seeds(0, 1)["model"])
+    other = again.observe(model, PrivateBatch(images, labels), data.num_classes, trial=0)
+    assert not torch.equal(torch.cat([w.flatten() for w in other.weights]), shared[1])
     with pytest.raises(DeepleakError, match="first_trial must be >= 0"):
         validate(compose(*SMALL, "first_trial=-1"))
 

@@ -85,8 +85,10 @@ class FedAvg:
     """E local epochs of plain SGD over N samples in mini-batches of ``batch_size`` (B) at ``lr``.
 
     - ``bn_mode``: how the client runs batch norm (train: batch statistics of each mini-batch).
-    - ``shuffle``: reshuffle the samples every epoch (from ``seed`` and the call count, so
-      every trial of a run gets its own order); false keeps the data order.
+    - ``shuffle``: reshuffle the samples every epoch (from ``seed`` and the trial index given to
+      :meth:`observe`, else the call count, so every trial of a run gets its own order and a
+      trial run alone with ``first_trial`` trains as it does within a longer run); false keeps
+      the data order.
     - ``leak_metadata`` / ``snapshot_every``: extra information shared with the server, see
       the module docstring; off (false / 0) by default.
     """
@@ -129,8 +131,9 @@ class FedAvg:
         """What the server receives beyond W_T and the public recipe (for metrics.json)."""
         return {"step_labels": self.leak_metadata, "snapshot_every": self.snapshot_every}
 
-    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int) -> Observation:
-        """Play the client's local training on ``batch`` (N samples) and return what it shares."""
+    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None) -> Observation:
+        """Play the client's local training on ``batch`` (N samples) and return what it shares;
+        ``trial`` seeds the shuffle order (default: the number of earlier calls)."""
         n = len(batch)
         if self.batch_size > n:
             raise DeepleakError(
@@ -139,7 +142,8 @@ class FedAvg:
             )
         generator = None
         if self.shuffle:
-            seed = int(np.random.SeedSequence([self.seed, self._calls]).generate_state(1)[0])
+            index = self._calls if trial is None else int(trial)
+            seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
             generator = torch.Generator().manual_seed(seed)
         self._calls += 1
         client = set_bn_mode(copy.deepcopy(model), self.bn_mode)

@@ -22,8 +22,9 @@ class FedSGD:
     def __init__(self, bn_mode: str = "train") -> None:
         self.bn_mode = bn_mode
 
-    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int) -> Observation:
-        """Play the client on ``batch`` and return what the server receives."""
+    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None) -> Observation:
+        """Play the client on ``batch`` and return what the server receives (``trial``: unused,
+        one gradient has no randomness)."""
         client = set_bn_mode(copy.deepcopy(model), self.bn_mode)
         loss = F.cross_entropy(client(batch.images), batch.labels)
         gradient = torch.autograd.grad(loss, list(client.parameters()))

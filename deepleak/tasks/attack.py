@@ -92,7 +92,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     images, labels = dataset.batch(indices)
     private = PrivateBatch(images.to(device), labels.to(device), torch.as_tensor(indices))
     model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), seeds["model"]).to(device)
-    observation = scenario.observe(model, private, dataset.num_classes)
+    observation = scenario.observe(model, private, dataset.num_classes, trial=trial)
 
     # --- the attacker: sees the observation only ------------------------------------
     if getattr(label_method, "uses_truth", False):
