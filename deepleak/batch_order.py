@@ -8,8 +8,10 @@ that model the local training can learn it: an epoch's assignment is relaxed to 
 (:func:`relaxed_assignment`, Sinkhorn of free logits), every step's loss becomes the
 assignment-weighted sum of the per-sample losses (the mean of its batch at a hard assignment),
 and the logits are optimised with the attacker's other unknowns; :func:`round_assignment` then
-gives the nearest hard order. Used by ``attacks.replay.Replay`` (``assignment='learned'``) and
-``labels.fedavg.Fitted`` (``order='learned'``).
+gives the nearest hard order. Used by ``attacks.replay.Replay`` (``assignment='learned'``).
+(Tried for ``labels.fedavg.Fitted`` too, the order as one more unknown of the classifier fit:
+0.875 against 0.894 label accuracy on the default LeNet at N = 8, B = 4, E = 2, eta = 0.01, 20
+clients; not kept.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from deepleak.scenarios.fedavg import step_batches
+
+# Scale of the random logits a learned order starts from (near the uniform assignment).
+START_NOISE = 0.1
 
 
 def batch_sizes(num_samples: int, batch_size: int) -> list[int]:
@@ -45,9 +50,6 @@ def round_assignment(assignment: torch.Tensor, sizes: list[int]) -> list[torch.T
     rows, cols = linear_sum_assignment(-assignment.detach().cpu().numpy()[slots])
     return [torch.as_tensor(np.sort(cols[slots[rows] == s]), dtype=torch.int64) for s in range(len(sizes))]
 
-
-# Scale of the random logits a learned order starts from (near the uniform assignment).
-START_NOISE = 0.1
 
 
 def start_logits(epochs: int, sizes: list[int], num_samples: int, generator: torch.Generator,
