@@ -162,3 +162,20 @@ def test_the_lowest_relaxed_start_is_kept(monkeypatch):
     _, whole = _client(n=4, b=4, epochs=2, lr=0.05)
     assert Replay(L2(), torch.optim.Adam, iterations=1, assignment="learned").reconstruct(
         whole, batch.labels).assignment == "random"
+
+
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_learned_order_runs_on_a_batch_norm_victim(bn_mode):
+    """The relaxed steps run all N samples through batch norm (train mode: statistics over all
+    N, documented); the rounded order is a valid schedule and the replay stays finite."""
+    model = build_model({"_target_": "deepleak.models.ResNet18", "width": 4, "activation_fn": "sigmoid"}, 10,
+                        (3, 16, 16), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    batch = PrivateBatch(torch.rand(4, 3, 16, 16, generator=generator), torch.tensor([0, 1, 2, 3]))
+    obs = FedAvg(batch_size=2, epochs=2, lr=0.05, bn_mode=bn_mode).observe(model, batch, 10)
+    result = Replay(L2(), torch.optim.Adam, iterations=2, assignment="learned", assignment_iterations=2,
+                    assignment_starts=2).reconstruct(obs, batch.labels)
+    assert result.assignment == "learned" and math.isfinite(result.relaxed_distance)
+    assert math.isfinite(result.gradient_distance) and torch.isfinite(result.images).all()
+    for epoch in (result.schedule[:2], result.schedule[2:]):
+        assert sorted(i for step in epoch for i in step) == [0, 1, 2, 3]
