@@ -437,6 +437,16 @@ class Replay:
         adjoint = [g.detach() for g in torch.autograd.grad(distance, end)]
         return float(distance.detach()), client.backward(checkpoints, variables, adjoint)
 
+    def _evaluate(self, client: Client, start: list[torch.Tensor], variables: torch.Tensor, target: list[torch.Tensor],
+                  labels: torch.Tensor, epochs: int, perms: list[torch.Tensor] | None) -> tuple[float, float]:
+        """Weight distance + priors at ``variables``, their gradient left in ``variables.grad``;
+        returns (the weight distance, the whole objective)."""
+        distance, grad = self.weight_distance(client, start, variables, target)
+        prior, _ = self._prior(variables, labels, epochs, perms)
+        prior_grad = torch.autograd.grad(prior, [variables], allow_unused=True)[0] if prior.requires_grad else None
+        variables.grad = grad if prior_grad is None else grad + prior_grad
+        return distance, distance + float(prior.detach())
+
     def _prior(self, variables: torch.Tensor, labels: torch.Tensor, epochs: int,
                perms: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(image priors + epoch prior, consensus images (N, ...)); keeps the graph to ``variables``."""
@@ -568,38 +578,14 @@ class Replay:
             with torch.enable_grad():
                 weights = step_shares(logits, sizes)
             client = Client(model, recipe.lr, soft_schedule, self.checkpoint_every, None, weights.detach())
-            distance, grad = self.weight_distance(client, start, variables, target)
-            prior, _ = self._prior(variables, labels, epochs, None)
-            prior_grad = torch.autograd.grad(prior, [variables], allow_unused=True)[0] if prior.requires_grad else None
-            variables.grad = grad if prior_grad is None else grad + prior_grad
+            state["distance"], objective = self._evaluate(client, start, variables, target, labels, epochs, None)
             logits.grad = torch.autograd.grad(weights, logits, client.sample_weight_grad)[0]
-            state["distance"] = distance
-            return torch.as_tensor(distance + float(prior.detach()))
+            return torch.as_tensor(objective)
 
-        last = (variables.detach().clone(), logits.detach().clone())
-        progress = tqdm(range(self.assignment_iterations), desc=f"replay restart {restart}: order", leave=False,
-                        disable=None)
-        for step in progress:
-            if time.perf_counter() >= deadline:
-                break
-            loss = optimizer.step(closure)
-            if not (math.isfinite(float(loss)) and bool(torch.isfinite(variables).all())
-                    and bool(torch.isfinite(logits).all())):
-                log.warning("replay restart %d: the relaxed order diverged at step %d; keeping its last finite iterate",
-                            restart, step)
-                with torch.no_grad():
-                    variables.copy_(last[0])
-                    logits.copy_(last[1])
-                state["distance"] = math.inf  # never preferred over a start that stayed finite
-                break
-            if self.box:
-                with torch.no_grad():
-                    variables.clamp_(0, 1)
-            last = (variables.detach().clone(), logits.detach().clone())
-            progress.set_postfix(distance=f"{state['distance']:.3g}")
-            if self.log_every and (step + 1) % self.log_every == 0:
-                log.info("replay restart %d order step %d: weight distance %.4g", restart, step + 1, state["distance"])
-        progress.close()
+        nonfinite = self._descend(optimizer, closure, [variables, logits], self.assignment_iterations, deadline,
+                                  state, f"replay restart {restart} order")[2]
+        if nonfinite:
+            state["distance"] = math.inf  # never preferred over a start that stayed finite
         variables.grad = None
         with torch.no_grad():
             schedule = []
@@ -624,6 +610,41 @@ class Replay:
         log.info("finite-difference replay: step %.2g, cosine %.6f to the exact gradient", step, value)
         return value
 
+    def _descend(self, optimizer, closure, tensors: list[torch.Tensor], iterations: int, deadline: float,
+                 state: dict, what: str, history: list[float] | None = None) -> tuple[int, bool, bool]:
+        """Up to ``iterations`` optimiser steps on ``tensors`` (the images first), stopping at
+        ``deadline``; a step that turns the loss or any tensor non-finite is undone and ends the
+        run. Boxes the images when asked, appends ``state['distance']`` to ``history`` after
+        each step. Returns (steps done, stopped by the deadline, diverged)."""
+        progress = tqdm(range(iterations), desc=what, leave=False, disable=None)
+        last = [t.detach().clone() for t in tensors]
+        done = 0
+        stopped = nonfinite = False
+        for step in progress:
+            if time.perf_counter() >= deadline:
+                stopped = True
+                break
+            loss = optimizer.step(closure)
+            if not (math.isfinite(float(loss)) and all(bool(torch.isfinite(t).all()) for t in tensors)):
+                nonfinite = True
+                log.warning("%s diverged at step %d; keeping its last finite iterate", what, step)
+                with torch.no_grad():
+                    for tensor, finite in zip(tensors, last):
+                        tensor.copy_(finite)
+                break
+            if self.box:
+                with torch.no_grad():
+                    tensors[0].clamp_(0, 1)
+            last = [t.detach().clone() for t in tensors]
+            done = step + 1
+            if history is not None:
+                history.append(state["distance"])
+            progress.set_postfix(distance=f"{state['distance']:.3g}")
+            if self.log_every and done % self.log_every == 0:
+                log.info("%s step %d: weight distance %.4g", what, done, state["distance"])
+        progress.close()
+        return done, stopped, nonfinite
+
     def _run_restart(self, client, start, variables, labels, epochs, target, deadline, restart) -> dict:
         optimizer = self.optimizer([variables])
         n = len(labels)
@@ -642,39 +663,12 @@ class Replay:
             return state["perms"]
 
         def closure() -> torch.Tensor:
-            distance, grad = self.weight_distance(client, start, variables, target)
-            prior, _ = self._prior(variables, labels, epochs, perms())
-            prior_grad = torch.autograd.grad(prior, [variables], allow_unused=True)[0] if prior.requires_grad else None
-            variables.grad = grad if prior_grad is None else grad + prior_grad
+            state["distance"], objective = self._evaluate(client, start, variables, target, labels, epochs, perms())
             state["evaluations"] += 1
-            state["distance"] = distance
-            return torch.as_tensor(distance + float(prior.detach()))
+            return torch.as_tensor(objective)
 
-        progress = tqdm(range(self.iterations), desc=f"replay restart {restart}", leave=False, disable=None)
-        done = 0
-        nonfinite = stopped = False
-        last_finite = variables.detach().clone()
-        for step in progress:
-            if time.perf_counter() >= deadline:
-                stopped = True
-                break
-            loss = optimizer.step(closure)
-            if not (math.isfinite(float(loss)) and bool(torch.isfinite(variables).all())):
-                nonfinite = True
-                log.warning("replay restart %d diverged at step %d; keeping its last finite iterate", restart, step)
-                with torch.no_grad():
-                    variables.copy_(last_finite)
-                break
-            if self.box:
-                with torch.no_grad():
-                    variables.clamp_(0, 1)
-            last_finite = variables.detach().clone()
-            done = step + 1
-            history.append(state["distance"])
-            progress.set_postfix(distance=f"{state['distance']:.3g}")
-            if self.log_every and done % self.log_every == 0:
-                log.info("replay restart %d step %d: weight distance %.4g", restart, done, state["distance"])
-        progress.close()
+        done, stopped, nonfinite = self._descend(optimizer, closure, [variables], self.iterations, deadline, state,
+                                                 f"replay restart {restart}", history)
         final = variables.detach()
         distance, _ = self.weight_distance(client, start, final, target)
         evaluations = state["evaluations"] + 1
