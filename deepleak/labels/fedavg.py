@@ -38,10 +38,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from deepleak.errors import DeepleakError
+from deepleak.labels import classifier_fit
 from deepleak.labels.base import counts_to_labels, dummy_images, last_layer_gradient, probe
+from deepleak.labels.classifier_fit import ClassifierUpdate
 from deepleak.labels.zeroshot import ZeroShot
 from deepleak.scenarios.base import Observation, set_bn_mode
-from deepleak.models import classifier_parameter_names
 from deepleak.scenarios.fedavg import local_sgd
 
 log = logging.getLogger(__name__)
@@ -328,60 +329,17 @@ class Fitted:
         self.rounding = rounding
         self.seed = int(seed)
 
-    @staticmethod
-    def _feature_range(features: torch.Tensor):
-        """(to_free, from_free): the map that keeps fitted features in the dummies' range."""
-        low, high = float(features.min()), float(features.max())
-        if low >= 0 and high <= 1:
-            return (lambda h: torch.logit(h.clamp(1e-4, 1 - 1e-4))), torch.sigmoid
-        if low >= 0:
-            return (lambda h: h.clamp(min=1e-4).expm1().log()), F.softplus
-        return (lambda h: h), (lambda u: u)
-
     def fit(self, observation: Observation) -> tuple[torch.Tensor, float]:
         """(soft labels (N, C), final relative residual)."""
-        weights = _shared_weights(observation)
-        recipe = observation.recipe
-        n, c = recipe.num_samples, recipe.num_classes
-        weight_name, bias_name = classifier_parameter_names(observation.model)
-        names = [name for name, _ in observation.model.named_parameters()]
-        start = dict(observation.model.named_parameters())
-        w0 = start[weight_name].detach().double().cpu()
-        dw = weights[names.index(weight_name)].detach().double().cpu() - w0
-        b0 = start[bias_name].detach().double().cpu() if bias_name else None
-        db = weights[names.index(bias_name)].detach().double().cpu() - b0 if bias_name else None
-
-        features, _ = probe(observation, dummy_images(observation, n, self.seed + 1))
-        features = features.double().cpu()
-        to_free, from_free = self._feature_range(features)
-        free_features = to_free(features).clone().requires_grad_(True)
+        update = ClassifierUpdate.of(observation)
+        features, _ = probe(observation, dummy_images(observation, update.num_samples, self.seed + 1))
         first = self.start.restore(observation).cpu()
-        free_labels = (3.0 * F.one_hot(first, c).double()).requires_grad_(True)
-        optimizer = torch.optim.Adam([free_features, free_labels], lr=self.lr)
-        steps = observation.local_steps
-        dw_norm = dw.pow(2).sum().clamp(min=1e-300)
-        db_norm = db.pow(2).sum().clamp(min=1e-300) if db is not None else None
-        residual = math.inf
-        for _ in tqdm(range(self.iterations), desc="fitted labels", leave=False, disable=None):
-            h = from_free(free_features)
-            y = torch.softmax(free_labels, dim=1)
-            w, b = w0, b0
-            for _step in range(steps):
-                logits = h @ w.T + (b if b is not None else 0)
-                g = (torch.softmax(logits, dim=1) - y) / n
-                w = w - recipe.lr * g.T @ h
-                if b is not None:
-                    b = b - recipe.lr * g.sum(dim=0)
-            loss = (w - w0 - dw).pow(2).sum() / dw_norm
-            if b is not None:
-                loss = loss + (b - b0 - db).pow(2).sum() / db_norm
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            residual = float(loss.detach())
+        logits = 3.0 * F.one_hot(first, observation.recipe.num_classes).double()
+        errors, soft = classifier_fit.fit(update, features.double().cpu()[None], None, logits[None], self.iterations, self.lr)
+        residual = float(errors[0])
         if not math.isfinite(residual):
             raise DeepleakError("fitted label counts are not finite: the shared weights hold NaN or inf")
-        return torch.softmax(free_labels.detach(), dim=1), residual
+        return soft[0], residual
 
     def counts(self, observation: Observation) -> torch.Tensor:
         """Real-valued class counts (num_classes,) summing to N."""
@@ -391,6 +349,107 @@ class Fitted:
 
     def restore(self, observation: Observation) -> torch.Tensor:
         return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
+
+
+class FittedSearch:
+    """Local search over label sets, scored by how well the classifier fit explains the update
+    with the labels held fixed (deepleak's).
+
+    :class:`Fitted` fits soft labels and features together, and from its start it often settles
+    in a local minimum one label away from the truth. Held fixed, a label set can be scored by
+    the residual of the features' fit alone (:func:`deepleak.labels.classifier_fit.fit`, from
+    ``starts`` dummy feature draws, the lowest kept), and there the true set wins: on 16 of 16
+    clients that the soft fit got wrong (default LeNet, N = 8, B = 4, E = 2, eta = 0.01), the
+    true set's residual was the lower one. So, from the soft fit's rounding, every round moves
+    one label from one of the ``candidates`` present classes with the most negative excess
+    (soft count - held count) to one of the ``candidates`` classes with the most positive one,
+    scores all moves as one batched fit, and takes the best if it lowers the score below
+    ``margin`` x the current one; at most ``rounds`` moves. The same feature draws serve every
+    candidate (common random numbers), so the scores compare label sets, not draws.
+
+    - ``fitted``: the soft fit (default :class:`Fitted`), which gives the soft counts.
+    - ``iterations``, ``lr``: Adam steps and rate of every scoring fit (the ranking needs the
+      fits near convergence: at 200 steps the true set was not yet ahead).
+    """
+
+    name = "fitted_search"
+
+    def __init__(
+        self,
+        fitted: Any = None,
+        starts: int = 3,
+        candidates: int = 3,
+        rounds: int = 4,
+        margin: float = 0.9,
+        iterations: int = 1000,
+        lr: float = 0.05,
+        rounding: str = "largest_remainder",
+        seed: int = 0,
+    ) -> None:
+        for key, value, low in (("starts", starts, 1), ("candidates", candidates, 1), ("rounds", rounds, 0),
+                                ("iterations", iterations, 1)):
+            if value < low:
+                raise DeepleakError(f"labels.{key} must be >= {low}, got {value}")
+        if not 0 < margin <= 1:
+            raise DeepleakError(f"labels.margin must be in (0, 1], got {margin}")
+        if lr <= 0:
+            raise DeepleakError(f"labels.lr must be > 0, got {lr}")
+        self.fitted = fitted if fitted is not None else Fitted(seed=seed)
+        if not hasattr(self.fitted, "fit"):
+            raise DeepleakError("labels.fitted must be a soft classifier fit (deepleak.labels.fedavg.Fitted)")
+        self.starts, self.candidates, self.rounds = int(starts), int(candidates), int(rounds)
+        self.margin, self.iterations, self.lr = float(margin), int(iterations), float(lr)
+        self.rounding = rounding
+        self.seed = int(seed)
+
+    def score(self, update: ClassifierUpdate, features: torch.Tensor, label_sets: torch.Tensor) -> torch.Tensor:
+        """The lowest fixed-label residual (K,) of each label set (K, N) over the feature
+        draws ``features`` (S, N, M)."""
+        k, (s, n, m) = len(label_sets), features.shape
+        c = update.w0.shape[0]
+        targets = F.one_hot(label_sets, c).double()[:, None].expand(k, s, n, c).reshape(k * s, n, c)
+        errors, _ = classifier_fit.fit(update, features[None].expand(k, s, n, m).reshape(k * s, n, m), targets, None,
+                                       self.iterations, self.lr, desc="label set scores")
+        if not torch.isfinite(errors).any():
+            raise DeepleakError("fitted label scores are not finite: the shared weights hold NaN or inf")
+        return errors.reshape(k, s).nan_to_num(nan=math.inf).min(dim=1).values
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        update = ClassifierUpdate.of(observation)
+        n, c = update.num_samples, observation.recipe.num_classes
+        soft, _ = self.fitted.fit(observation)
+        counts = soft.sum(dim=0)
+        labels = counts_to_labels(counts.numpy(), n, self.rounding)
+        features = torch.stack([
+            probe(observation, dummy_images(observation, n, self.seed + 1 + 7919 * start))[0].double().cpu()
+            for start in range(self.starts)
+        ])
+        current = self.score(update, features, labels[None])[0]
+        for _ in range(self.rounds):
+            held = torch.bincount(labels, minlength=c).double()
+            excess = counts - held
+            sources = [int(k) for k in torch.argsort(excess) if held[k] > 0][: self.candidates]
+            targets = [int(k) for k in torch.argsort(excess, descending=True)][: self.candidates]
+            moves = []
+            for source in sources:
+                for target in targets:
+                    if source != target:
+                        moved = labels.clone()
+                        moved[int((moved == source).nonzero()[0])] = target
+                        moves.append(moved.sort().values)
+            if not moves:
+                break
+            scores = self.score(update, features, torch.stack(moves))
+            best = int(scores.argmin())
+            log.debug("fitted label search: %.4g -> %.4g", float(current), float(scores[best]))
+            if not scores[best] < self.margin * current:
+                break
+            current, labels = scores[best], moves[best]
+        return labels
+
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """The found label set as counts (num_classes,), summing to N."""
+        return torch.bincount(self.restore(observation), minlength=observation.recipe.num_classes).double()
 
 
 class Mean:
@@ -507,4 +566,4 @@ class Search:
         return torch.bincount(self.restore(observation), minlength=observation.recipe.num_classes).double()
 
 
-__all__ = ["Fitted", "Interpolated", "Mean", "Search", "Simulated", "simulate_training", "with_weights"]
+__all__ = ["Fitted", "FittedSearch", "Interpolated", "Mean", "Search", "Simulated", "simulate_training", "with_weights"]
