@@ -20,7 +20,7 @@ from deepleak import metrics
 from deepleak.data import SampleDataset
 from deepleak.data.distributions import Random, Unique
 from deepleak.labels import ZeroShot
-from deepleak.labels.fedavg import Fitted, Interpolated, Mean, Search, Simulated
+from deepleak.labels.fedavg import Fitted, FittedSearch, Interpolated, Mean, Search, Simulated
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 from deepleak.tasks.attack import trial_seeds
@@ -39,6 +39,7 @@ METHODS = {
     "fitted": lambda: Fitted(),
     "mean": lambda: Mean([Simulated(), Fitted()]),
     "search": lambda: Search(),
+    "fitted_search": lambda: FittedSearch(),
 }
 
 
