@@ -2,8 +2,9 @@
 
 Every gradient-based label method already works on a FedAvg observation through the
 pseudo-gradient (W_0 - W_T) / (eta T) (``Observation.gradient_view``), with K = N: that is the
-"pseudo" route, e.g. plain ``labels=zeroshot``. This module adds two estimates that account
-for the model moving during the T local steps:
+"pseudo" route, e.g. plain ``labels=zeroshot``. This module adds methods that account for
+the model moving during the T local steps, and two that combine them (:class:`Mean`,
+:class:`Search`):
 
 - :class:`Interpolated` (Dimitrov et al., TMLR 2022): statistics at the start model W_0 and at
   the end model (the observed W_T, or one simulated on dummy data), interpolated over the T
@@ -14,6 +15,9 @@ for the model moving during the T local steps:
   update, with one unknown feature vector and one soft label per sample; the labels that
   explain the update best give the counts. It uses the whole (C, M) update, not only its
   row sums, and holds up best where the weights travel far (DLG's initialisation, large eta).
+- :class:`FittedSearch` (deepleak's): from the fitted soft counts, a local search over label
+  sets, each scored by the classifier fit with its labels held fixed
+  (:mod:`deepleak.labels.classifier_fit` holds the fit, batched over candidate sets).
 - :class:`Simulated` (deepleak's): replays the client's recipe on dummy inputs labelled with a
   first estimate and reads off, per sample, how much of the pseudo-gradient's class row sums
   its own class and the other classes make as the model fits it; the counts then solve the
@@ -300,6 +304,7 @@ class Fitted:
       start at the public model's features of uniform dummy inputs.
     - Features are kept in the range the dummies' features show: (0, 1) through a sigmoid
       (sigmoid nets), >= 0 through a softplus (ReLU nets), else unconstrained.
+    - The fit itself is :func:`deepleak.labels.classifier_fit.fit` (Gram form of the steps).
 
     Measured (scripts/fedavg_labels.py, 20 clients): at N = 8, B = 4, E = 2, eta = 0.01 on the
     DLG LeNet-12 0.938 against 0.906 (interpolated) and 0.931 (simulated). What it cannot see: the features
@@ -351,6 +356,13 @@ class Fitted:
         return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
 
 
+def _moved(labels: torch.Tensor, source: int, target: int) -> torch.Tensor:
+    """The sorted label set with one label of class ``source`` changed to ``target``."""
+    moved = labels.clone()
+    moved[int((moved == source).nonzero()[0])] = target
+    return moved.sort().values
+
+
 class FittedSearch:
     """Local search over label sets, scored by how well the classifier fit explains the update
     with the labels held fixed (deepleak's).
@@ -358,14 +370,21 @@ class FittedSearch:
     :class:`Fitted` fits soft labels and features together, and from its start it often settles
     in a local minimum one label away from the truth. Held fixed, a label set can be scored by
     the residual of the features' fit alone (:func:`deepleak.labels.classifier_fit.fit`, from
-    ``starts`` dummy feature draws, the lowest kept), and there the true set wins: on 16 of 16
-    clients that the soft fit got wrong (default LeNet, N = 8, B = 4, E = 2, eta = 0.01), the
-    true set's residual was the lower one. So, from the soft fit's rounding, every round moves
-    one label from one of the ``candidates`` present classes with the most negative excess
-    (soft count - held count) to one of the ``candidates`` classes with the most positive one,
-    scores all moves as one batched fit, and takes the best if it lowers the score below
-    ``margin`` x the current one; at most ``rounds`` moves. The same feature draws serve every
-    candidate (common random numbers), so the scores compare label sets, not draws.
+    ``starts`` dummy feature draws, the lowest kept), and there the true set mostly wins: on 13
+    of the 14 of 20 clients that the soft fit got wrong (default LeNet, N = 8, B = 4, E = 2,
+    eta = 0.01), the true set's residual was the lower one. So, from the soft fit's rounding,
+    each round moves one label from one of the ``candidates`` present classes with the most
+    negative excess (soft count - held count) to one of the ``candidates`` classes with the
+    most positive one, scores all moves as one batched fit, and takes the best if it lowers the
+    score below ``margin`` x the current one; at most ``rounds`` moves. The same feature draws
+    serve every candidate (common random numbers), so the scores compare label sets, not draws.
+
+    Measured (20 trials of that setting, ``deepleak attack +scenario=fedavg ... attack=none``):
+    0.9625 against 0.8875 for the soft fit, about 22 s per client on one thread. Tried and not
+    kept: a wide round of every single-label move (all present classes to all classes) when no
+    narrow move passes: also 0.9625 (two clients gained a label, two others lost one to a wrong
+    move that passed the margin), 2.5x the time. More starts and candidates (4 and 4) changed
+    nothing on the first 10 trials.
 
     - ``fitted``: the soft fit (default :class:`Fitted`), which gives the soft counts.
     - ``iterations``, ``lr``: Adam steps and rate of every scoring fit (the ranking needs the
@@ -430,13 +449,7 @@ class FittedSearch:
             excess = counts - held
             sources = [int(k) for k in torch.argsort(excess) if held[k] > 0][: self.candidates]
             targets = [int(k) for k in torch.argsort(excess, descending=True)][: self.candidates]
-            moves = []
-            for source in sources:
-                for target in targets:
-                    if source != target:
-                        moved = labels.clone()
-                        moved[int((moved == source).nonzero()[0])] = target
-                        moves.append(moved.sort().values)
+            moves = [_moved(labels, source, target) for source in sources for target in targets if source != target]
             if not moves:
                 break
             scores = self.score(update, features, torch.stack(moves))
@@ -548,9 +561,7 @@ class Search:
             for source in sources:
                 for target in targets:
                     if source != target:
-                        moved = labels.clone()
-                        moved[int((moved == source).nonzero()[0])] = target
-                        moved = moved.sort().values
+                        moved = _moved(labels, source, target)
                         moves.append((*self.score(observation, moved, s), moved))
             if not moves:
                 break
