@@ -32,6 +32,13 @@ from deepleak.models import classifier_parameter_names
 from deepleak.scenarios.base import Observation
 
 
+def shared_weights(observation: Observation) -> tuple[torch.Tensor, ...]:
+    """The client's shared weights W_T; a DeepleakError on an observation without them (FedSGD)."""
+    if observation.weights is None:
+        raise DeepleakError(f"this label method needs shared weights (scenario=fedavg), got {observation.scenario}")
+    return observation.weights
+
+
 @dataclass(frozen=True)
 class ClassifierUpdate:
     """The classifier's part of a FedAvg observation, float64 on the CPU: start weight w0
@@ -48,15 +55,14 @@ class ClassifierUpdate:
 
     @classmethod
     def of(cls, observation: Observation) -> "ClassifierUpdate":
-        if observation.weights is None:
-            raise DeepleakError(f"this label method needs shared weights (scenario=fedavg), got {observation.scenario}")
+        weights = shared_weights(observation)
         weight_name, bias_name = classifier_parameter_names(observation.model)
         names = [name for name, _ in observation.model.named_parameters()]
         start = dict(observation.model.named_parameters())
 
         def change(name: str) -> tuple[torch.Tensor, torch.Tensor]:
             before = start[name].detach().double().cpu()
-            return before, observation.weights[names.index(name)].detach().double().cpu() - before
+            return before, weights[names.index(name)].detach().double().cpu() - before
 
         w0, dw = change(weight_name)
         b0, db = change(bias_name) if bias_name else (None, None)
@@ -126,4 +132,4 @@ def fit(update: ClassifierUpdate, features: torch.Tensor, targets: torch.Tensor 
     return errors.detach(), labels
 
 
-__all__ = ["ClassifierUpdate", "feature_range", "fit", "residual"]
+__all__ = ["ClassifierUpdate", "feature_range", "fit", "residual", "shared_weights"]

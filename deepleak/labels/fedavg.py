@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from deepleak.errors import DeepleakError
 from deepleak.labels import classifier_fit
 from deepleak.labels.base import counts_to_labels, dummy_images, last_layer_gradient, probe
-from deepleak.labels.classifier_fit import ClassifierUpdate
+from deepleak.labels.classifier_fit import ClassifierUpdate, shared_weights
 from deepleak.labels.zeroshot import ZeroShot
 from deepleak.scenarios.base import Observation, set_bn_mode
 from deepleak.scenarios.fedavg import local_sgd
@@ -90,15 +90,9 @@ def simulate_training(
     return tuple(p.detach() for p in parameters), steps
 
 
-def _shared_weights(observation: Observation) -> tuple[torch.Tensor, ...]:
-    if observation.weights is None:
-        raise DeepleakError(f"this label method needs shared weights (scenario=fedavg), got {observation.scenario}")
-    return observation.weights
-
-
 def _row_sums(observation: Observation) -> torch.Tensor:
     """The class row sums S (C,) of the pseudo-gradient's classifier weight, float64 on the CPU."""
-    _shared_weights(observation)
+    shared_weights(observation)
     weight_gradient, _ = last_layer_gradient(observation.gradient_view())
     return weight_gradient.sum(dim=1).double().cpu()
 
@@ -150,8 +144,8 @@ class Interpolated:
     def end_weights(self, observation: Observation) -> tuple[torch.Tensor, ...]:
         """The end model's weights: observed W_T, or W_T simulated on labelled dummy inputs."""
         if self.end == "observed":
-            return _shared_weights(observation)
-        _shared_weights(observation)
+            return shared_weights(observation)
+        shared_weights(observation)
         k = observation.recipe.num_samples
         labels = counts_to_labels(self.base.counts(observation.gradient_view()).numpy(), k, self.rounding)
         images = dummy_images(observation, k, self.seed + 1)
