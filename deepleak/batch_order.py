@@ -51,7 +51,6 @@ def round_assignment(assignment: torch.Tensor, sizes: list[int]) -> list[torch.T
     return [torch.as_tensor(np.sort(cols[slots[rows] == s]), dtype=torch.int64) for s in range(len(sizes))]
 
 
-
 def start_logits(epochs: int, sizes: list[int], num_samples: int, generator: torch.Generator,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Free logits (E, steps per epoch, N) of a learned order, near uniform, from ``generator``."""
