@@ -1,6 +1,6 @@
 """FedAvg label accuracy over E x eta (PAPER.md section 7's grid), methods side by side.
 
-    OMP_NUM_THREADS=1 python scripts/fedavg_labels.py [--clients 20] [--methods pseudo,interpolated,simulated]
+    OMP_NUM_THREADS=1 python scripts/fedavg_labels.py [--clients 20] [--first 0] [--methods pseudo,interpolated,simulated]
 
 The DLG LeNet (width 12, U(-0.5, 0.5) init, untrained), sample set with 20 classes at 32 px,
 N = 16 samples per client drawn with the `random` distribution (duplicates allowed), B = 4.
@@ -20,7 +20,7 @@ from deepleak import metrics
 from deepleak.data import SampleDataset
 from deepleak.data.distributions import Random, Unique
 from deepleak.labels import ZeroShot
-from deepleak.labels.fedavg import Fitted, FittedSearch, Interpolated, Mean, Search, Simulated
+from deepleak.labels.fedavg import Fitted, FittedSearch, ImageSearch, Interpolated, Mean, Search, Simulated
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 from deepleak.tasks.attack import trial_seeds
@@ -40,12 +40,14 @@ METHODS = {
     "mean": lambda: Mean([Simulated(), Fitted()]),
     "search": lambda: Search(),
     "fitted_search": lambda: FittedSearch(),
+    "image_search": lambda: ImageSearch(),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--first", type=int, default=0, help="first client (split a cell across jobs: --first 10 --clients 10)")
     parser.add_argument("--methods", default="pseudo,interpolated,simulated")
     parser.add_argument("--epochs", default="1,5,10")
     parser.add_argument("--lrs", default="0.1,0.01,0.001")
@@ -72,13 +74,13 @@ def main() -> None:
             scores = {name: [] for name in names}
             started = time.perf_counter()
             scenario = FedAvg(batch_size=args.b, epochs=epochs, lr=lr, seed=0)
-            for client in range(args.clients):
+            for client in range(args.first, args.first + args.clients):
                 seeds = trial_seeds(0, client)
                 rng = np.random.default_rng(seeds["batch"])
                 indices = distribution.sample(dataset.targets, classes, args.n, rng)
                 images, labels = dataset.batch(indices)
                 model = build_model(model_cfg, classes, (3, 32, 32), seeds["model"])
-                observation = scenario.observe(model, PrivateBatch(images, labels), classes)
+                observation = scenario.observe(model, PrivateBatch(images, labels), classes, trial=client)
                 for name in names:
                     restored = METHODS[name]().restore(observation)
                     assert len(restored) == args.n

@@ -20,16 +20,19 @@ public recipe; the features are the attacker's unknowns, never the client's.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from deepleak.errors import DeepleakError
-from deepleak.models import classifier_parameter_names
-from deepleak.scenarios.base import Observation
+from deepleak.models import classifier, classifier_parameter_names
+from deepleak.scenarios.base import Observation, set_bn_mode
 
 
 def shared_weights(observation: Observation) -> tuple[torch.Tensor, ...]:
@@ -80,28 +83,43 @@ def feature_range(features: torch.Tensor) -> tuple[Callable[[torch.Tensor], torc
     return (lambda h: h), (lambda u: u)
 
 
-def residual(update: ClassifierUpdate, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def residual(update: ClassifierUpdate, features: torch.Tensor, targets: torch.Tensor,
+             end_features: torch.Tensor | None = None, profile: torch.Tensor | None = None) -> torch.Tensor:
     """Relative squared error (K,) of the simulated classifier update against the observed one:
     |dW_sim - dW|^2 / |dW|^2 (+ the same for the bias), for features (K, N, M) and label
-    distributions ``targets`` (K, N, C); differentiable in both."""
+    distributions ``targets`` (K, N, C); differentiable in all of them.
+
+    With ``end_features`` (K, N, M) the features move over the T steps, as the body of the
+    network trains: step t sees h_t = (1 - a_t) h_start + a_t h_end with a_t = (t / (T - 1))^g,
+    g = ``profile`` (K,) (1: linear; below 1: most of the move early, as measured on real
+    clients). The error still needs only Gram products: four (N, N) blocks instead of one.
+    """
     c = update.w0.shape[0]
-    projected = features @ torch.cat([update.w0, update.dw]).T  # (K, N, 2C): P and Q
-    start, toward = projected[..., :c], projected[..., c:]
-    gram = features @ features.transpose(1, 2)
-    total = torch.zeros_like(start)
+    ends = [features] if end_features is None else [features, end_features]
+    projected = [h @ torch.cat([update.w0, update.dw]).T for h in ends]  # (K, N, 2C): P and Q per end
+    gram = [[hi @ hj.transpose(1, 2) for hj in ends] for hi in ends]
+    totals = [torch.zeros_like(projected[0][..., :c]) for _ in ends]  # R_e = sum_t w_e(t) A_t
     bias = update.b0.expand(len(features), c) if update.b0 is not None else None
-    for _ in range(update.steps):
-        logits = start - update.lr * gram @ total
+    for t in range(update.steps):
+        if end_features is None:
+            weights = [1.0]
+        else:
+            a = (t / max(update.steps - 1, 1)) ** (profile[:, None, None] if profile is not None else 1.0)
+            weights = [1 - a, a]
+        # logits of h_t under W_t = W_0 - eta sum_{s<t} A_s^T h_s
+        logits = sum(w * (p[..., :c] - update.lr * sum(g @ r for g, r in zip(row, totals)))
+                     for w, p, row in zip(weights, projected, gram))
         if bias is not None:
             logits = logits + bias[:, None, :]
         step = (torch.softmax(logits, dim=-1) - targets) / update.num_samples
-        total = total + step
+        totals = [r + w * step for r, w in zip(totals, weights)]
         if bias is not None:
             bias = bias - update.lr * step.sum(dim=1)
     dw_norm = update.dw.pow(2).sum().clamp(min=1e-300)
-    # |-eta A^T h - dW|^2, expanded: the (C, M) product is never formed.
-    error = (update.lr ** 2 * (total * (gram @ total)).sum(dim=(1, 2)) + 2 * update.lr * (total * toward).sum(dim=(1, 2))
-             + update.dw.pow(2).sum()) / dw_norm
+    # |-eta sum_e R_e^T h_e - dW|^2, expanded: the (C, M) product is never formed.
+    quadratic = sum((ri * (g @ rj)).sum(dim=(1, 2)) for ri, row in zip(totals, gram) for g, rj in zip(row, totals))
+    linear = sum((r * p[..., c:]).sum(dim=(1, 2)) for r, p in zip(totals, projected))
+    error = (update.lr ** 2 * quadratic + 2 * update.lr * linear + update.dw.pow(2).sum()) / dw_norm
     if bias is not None:
         error = error + (bias - update.b0 - update.db).pow(2).sum(dim=1) / update.db.pow(2).sum().clamp(min=1e-300)
     return error
@@ -132,4 +150,44 @@ def fit(update: ClassifierUpdate, features: torch.Tensor, targets: torch.Tensor 
     return errors.detach(), labels
 
 
-__all__ = ["ClassifierUpdate", "feature_range", "fit", "residual", "shared_weights"]
+def body_features(model: torch.nn.Module, weights: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """The penultimate features (D, M) of ``images`` under ``model`` with its parameters
+    replaced by ``weights`` (in ``parameters()`` order), differentiable in the images."""
+    names = [name for name, _ in model.named_parameters()]
+    captured: list[torch.Tensor] = []
+    handle = classifier(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    try:
+        functional_call(model, dict(zip(names, weights)), (images,))
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def fit_images(update: ClassifierUpdate, observation: Observation, images: torch.Tensor, targets: torch.Tensor,
+               iterations: int, lr: float, profile: float = 0.5, desc: str = "image fits") -> torch.Tensor:
+    """Adam on K sets of N free images (K, N, C, H, W), kept in [0, 1] through a sigmoid, and
+    on one profile exponent per set, with the labels fixed (``targets`` (K, N, C)). The
+    features are the images' features under the public model at W_0 and at the shared W_T,
+    blended over the T steps (:func:`residual` with ``end_features``): the body's training
+    moves them, and only features that some image has at both ends are allowed. Returns the
+    final residual (K,)."""
+    k, n = targets.shape[:2]
+    model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
+    start = [p.detach() for p in observation.model.parameters()]
+    end = [w.detach() for w in shared_weights(observation)]
+    free = torch.logit(images.reshape(k * n, *images.shape[2:]).clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
+    exponent = torch.full((k,), math.log(profile / (1 - profile)), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([free, exponent], lr=lr)
+    errors = None
+    for _ in tqdm(range(iterations), desc=desc, leave=False, disable=None):
+        x = torch.sigmoid(free)
+        h_start, h_end = (body_features(model, w, x).double().cpu().reshape(k, n, -1) for w in (start, end))
+        errors = residual(update, h_start, targets, h_end, torch.sigmoid(exponent))
+        optimizer.zero_grad()
+        errors.sum().backward()
+        optimizer.step()
+    assert errors is not None
+    return errors.detach()
+
+
+__all__ = ["ClassifierUpdate", "body_features", "feature_range", "fit", "fit_images", "residual", "shared_weights"]
