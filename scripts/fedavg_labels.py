@@ -34,6 +34,7 @@ METHODS = {
     "pseudo": lambda: ZeroShot(),
     "interpolated": lambda: Interpolated(),
     "interp_weights": lambda: Interpolated(interpolate="weights"),
+    "start_end": lambda: Interpolated(interpolate="weights", points=2),  # counts at W_0 and W_T, averaged
     "interp_sim_end": lambda: Interpolated(end="simulated"),
     "simulated": lambda: Simulated(),
     "fitted": lambda: Fitted(),

@@ -13,6 +13,9 @@ and G = h h^T (N, N): three products per evaluation instead of two (N, M) x (M, 
 per local step. Same objective, 5x faster on the default LeNet (M = 2048, T = 4; measured,
 identical residuals). Every function works on a batch of K independent fits (leading axis),
 which :class:`deepleak.labels.fedavg.FittedSearch` uses to score many label sets at once.
+With a second feature set the features move over the steps (start to end), and
+:func:`fit_images` derives both from free images under W_0 and W_T
+(:class:`deepleak.labels.fedavg.ImageSearch`).
 
 Threat model: the inputs are the public model's classifier, the shared weights and the
 public recipe; the features are the attacker's unknowns, never the client's.
@@ -166,7 +169,8 @@ def body_features(model: torch.nn.Module, weights: list[torch.Tensor], images: t
 def fit_images(update: ClassifierUpdate, observation: Observation, images: torch.Tensor, targets: torch.Tensor,
                iterations: int, lr: float, profile: float = 0.5, desc: str = "image fits") -> torch.Tensor:
     """Adam on K sets of N free images (K, N, C, H, W), kept in [0, 1] through a sigmoid, and
-    on one profile exponent per set, with the labels fixed (``targets`` (K, N, C)). The
+    on one profile exponent g per set (in (0, 1) through a sigmoid, from ``profile``), with
+    the labels fixed (``targets`` (K, N, C)). The
     features are the images' features under the public model at W_0 and at the shared W_T,
     blended over the T steps (:func:`residual` with ``end_features``): the body's training
     moves them, and only features that some image has at both ends are allowed. Returns the

@@ -18,6 +18,9 @@ the model moving during the T local steps, and two that combine them (:class:`Me
 - :class:`FittedSearch` (deepleak's): from the fitted soft counts, a local search over label
   sets, each scored by the classifier fit with its labels held fixed
   (:mod:`deepleak.labels.classifier_fit` holds the fit, batched over candidate sets).
+- :class:`ImageSearch` (deepleak's): the same kind of search from :class:`Search`'s labels,
+  each label set scored by a classifier fit whose features come from free images under W_0
+  and under the shared W_T (the body's training moves them; for many local steps).
 - :class:`Simulated` (deepleak's): replays the client's recipe on dummy inputs labelled with a
   first estimate and reads off, per sample, how much of the pseudo-gradient's class row sums
   its own class and the other classes make as the model fits it; the counts then solve the
@@ -496,6 +499,15 @@ class ImageSearch:
     its move candidates from the soft counts of ``fitted`` (default :class:`Fitted`), and scores
     each label set by the lowest residual over ``starts`` draws of uniform dummy images,
     ``iterations`` Adam steps at ``lr`` each.
+
+    Measured (scripts/fedavg_labels.py, DLG LeNet-12, 20 classes, N = 16, B = 4, 20 clients):
+    eta = 0.01, E = 10: 0.903 against 0.881 for its start; eta = 0.001, E = 5: 0.978 against
+    0.966. On the E = 10 clients that the start got wrong, the true set scored below the start
+    on 16 of 18; the search still stops short where the missing label belongs to a class the
+    soft counts call over-represented (the 3 x 3 candidate moves do not include it), and fit
+    noise lets a wrong move pass the margin now and then (2 of 20 clients lost a label in a
+    per-client run of the same search).
+    About 1.5-4 min per client at E = 10, 1 min at E = 5, on one CPU thread.
     """
 
     name = "image_search"
