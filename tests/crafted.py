@@ -53,3 +53,22 @@ def closed_form_observation(model, labels, num_classes, image_shape=(3, 32, 32))
         p = torch.softmax(model.fc(features), dim=1)
     residual = p - F.one_hot(labels, num_classes).to(p.dtype)
     return observation_from(model, residual.T @ features / k, residual.mean(0), k, num_classes, image_shape)
+
+
+def unrolled_classifier_residual(update, start, y, end=None, exponent=1.0):
+    """The classifier's T full-batch steps written out with the (C, M) weights, one fit: step t
+    sees (1 - a_t) start + a_t end, a_t = (t / (T - 1))^exponent (fixed features without end).
+    The reference for deepleak.labels.classifier_fit.residual's Gram form."""
+    end = start if end is None else end
+    w, b = update.w0, update.b0
+    for t in range(update.steps):
+        a = (t / max(update.steps - 1, 1)) ** exponent
+        h = (1 - a) * start + a * end
+        g = (torch.softmax(h @ w.T + (b if b is not None else 0), dim=1) - y) / update.num_samples
+        w = w - update.lr * g.T @ h
+        if b is not None:
+            b = b - update.lr * g.sum(dim=0)
+    error = (w - update.w0 - update.dw).pow(2).sum() / update.dw.pow(2).sum()
+    if b is not None:
+        error = error + (b - update.b0 - update.db).pow(2).sum() / update.db.pow(2).sum()
+    return error

@@ -8,6 +8,7 @@ from torch import nn
 
 from deepleak import metrics
 from deepleak.errors import DeepleakError
+from crafted import unrolled_classifier_residual
 from deepleak.labels import classifier_fit
 from deepleak.labels.classifier_fit import ClassifierUpdate
 from deepleak.labels.fedavg import Fitted, FittedSearch
@@ -26,21 +27,6 @@ def _linear_client(labels=TRUE_LABELS, epochs=3, lr=0.5):
     return FedAvg(batch_size=len(labels), epochs=epochs, lr=lr, seed=0).observe(model, batch, 10), batch
 
 
-def _unrolled_residual(update: ClassifierUpdate, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The classifier's T full-batch steps written out with the (C, M) weights, one fit."""
-    w, b = update.w0, update.b0
-    for _ in range(update.steps):
-        logits = h @ w.T + (b if b is not None else 0)
-        g = (torch.softmax(logits, dim=1) - y) / update.num_samples
-        w = w - update.lr * g.T @ h
-        if b is not None:
-            b = b - update.lr * g.sum(dim=0)
-    error = (w - update.w0 - update.dw).pow(2).sum() / update.dw.pow(2).sum()
-    if b is not None:
-        error = error + (b - update.b0 - update.db).pow(2).sum() / update.db.pow(2).sum()
-    return error
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_gram_residual_equals_the_unrolled_classifier_steps(bias):
     g = torch.Generator().manual_seed(0)
@@ -54,7 +40,7 @@ def test_gram_residual_equals_the_unrolled_classifier_steps(bias):
     h = torch.rand(3, n, m, generator=g, dtype=torch.float64)
     y = torch.softmax(torch.randn(3, n, c, generator=g, dtype=torch.float64), dim=-1)
     got = classifier_fit.residual(update, h, y)
-    want = torch.stack([_unrolled_residual(update, h[k], y[k]) for k in range(3)])
+    want = torch.stack([unrolled_classifier_residual(update, h[k], y[k]) for k in range(3)])
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert float(want.min()) > 0.01  # random features explain nothing: the check is not vacuous
 

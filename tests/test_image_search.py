@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from crafted import unrolled_classifier_residual
 from deepleak.errors import DeepleakError
 from deepleak.labels import classifier_fit
 from deepleak.labels.classifier_fit import ClassifierUpdate
@@ -22,22 +23,6 @@ def _update(bias: bool, steps: int = 5) -> ClassifierUpdate:
     )
 
 
-def _unrolled(update: ClassifierUpdate, start: torch.Tensor, end: torch.Tensor, y: torch.Tensor, exponent: float) -> torch.Tensor:
-    """T full-batch steps with the (C, M) weights written out, step t on (1 - a_t) start + a_t end."""
-    w, b = update.w0, update.b0
-    for t in range(update.steps):
-        a = (t / (update.steps - 1)) ** exponent
-        h = (1 - a) * start + a * end
-        g = (torch.softmax(h @ w.T + (b if b is not None else 0), dim=1) - y) / update.num_samples
-        w = w - update.lr * g.T @ h
-        if b is not None:
-            b = b - update.lr * g.sum(dim=0)
-    error = (w - update.w0 - update.dw).pow(2).sum() / update.dw.pow(2).sum()
-    if b is not None:
-        error = error + (b - update.b0 - update.db).pow(2).sum() / update.db.pow(2).sum()
-    return error
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_moving_features_residual_equals_the_unrolled_steps(bias):
     update = _update(bias)
@@ -46,11 +31,11 @@ def test_moving_features_residual_equals_the_unrolled_steps(bias):
     y = torch.softmax(torch.randn(3, 4, 6, generator=g, dtype=torch.float64), dim=-1)
     exponents = torch.tensor([0.3, 0.6, 1.0], dtype=torch.float64)
     got = classifier_fit.residual(update, start, y, end, exponents)
-    want = torch.stack([_unrolled(update, start[k], end[k], y[k], float(exponents[k])) for k in range(3)])
+    want = torch.stack([unrolled_classifier_residual(update, start[k], y[k], end[k], float(exponents[k])) for k in range(3)])
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     # Without a profile the blend is linear; with equal ends it is the fixed-feature fit.
     torch.testing.assert_close(classifier_fit.residual(update, start, y, end),
-                               torch.stack([_unrolled(update, start[k], end[k], y[k], 1.0) for k in range(3)]))
+                               torch.stack([unrolled_classifier_residual(update, start[k], y[k], end[k], 1.0) for k in range(3)]))
     torch.testing.assert_close(classifier_fit.residual(update, start, y, start, exponents), classifier_fit.residual(update, start, y))
     assert float((got - classifier_fit.residual(update, start, y)).abs().min()) > 1e-3  # the ends matter
 

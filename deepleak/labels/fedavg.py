@@ -353,16 +353,36 @@ class Fitted:
         return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
 
 
-def _check_search(starts: int, candidates: int, rounds: int, iterations: int, margin: float, lr: float) -> None:
-    """One-line errors for the settings of the fit-scored searches."""
-    for key, value, low in (("starts", starts, 1), ("candidates", candidates, 1), ("rounds", rounds, 0),
-                            ("iterations", iterations, 1)):
-        if value < low:
-            raise DeepleakError(f"labels.{key} must be >= {low}, got {value}")
-    if not 0 < margin <= 1:
-        raise DeepleakError(f"labels.margin must be in (0, 1], got {margin}")
-    if lr <= 0:
-        raise DeepleakError(f"labels.lr must be > 0, got {lr}")
+class _FitScoredSearch:
+    """The settings and checks shared by the searches whose score is a fit (FittedSearch,
+    ImageSearch): the soft fit ``fitted`` whose counts pick the moves, ``starts`` draws per
+    scored set, ``candidates`` x ``candidates`` moves per round, at most ``rounds`` moves, each
+    below ``margin`` x the current score, every fit ``iterations`` Adam steps at ``lr``."""
+
+    def __init__(self, fitted: Any, starts: int, candidates: int, rounds: int, margin: float, iterations: int,
+                 lr: float, rounding: str, seed: int) -> None:
+        for key, value, low in (("starts", starts, 1), ("candidates", candidates, 1), ("rounds", rounds, 0),
+                                ("iterations", iterations, 1)):
+            if value < low:
+                raise DeepleakError(f"labels.{key} must be >= {low}, got {value}")
+        if not 0 < margin <= 1:
+            raise DeepleakError(f"labels.margin must be in (0, 1], got {margin}")
+        if lr <= 0:
+            raise DeepleakError(f"labels.lr must be > 0, got {lr}")
+        self.fitted = fitted if fitted is not None else Fitted(seed=seed)
+        if not hasattr(self.fitted, "fit"):
+            raise DeepleakError("labels.fitted must be a soft classifier fit (deepleak.labels.fedavg.Fitted)")
+        self.starts, self.candidates, self.rounds = int(starts), int(candidates), int(rounds)
+        self.margin, self.iterations, self.lr = float(margin), int(iterations), float(lr)
+        self.rounding = rounding
+        self.seed = int(seed)
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        raise NotImplementedError
+
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """The found label set as counts (num_classes,), summing to N."""
+        return torch.bincount(self.restore(observation), minlength=observation.recipe.num_classes).double()
 
 
 def _moved(labels: torch.Tensor, source: int, target: int) -> torch.Tensor:
@@ -372,7 +392,7 @@ def _moved(labels: torch.Tensor, source: int, target: int) -> torch.Tensor:
     return moved.sort().values
 
 
-class FittedSearch:
+class FittedSearch(_FitScoredSearch):
     """Local search over label sets, scored by how well the classifier fit explains the update
     with the labels held fixed (deepleak's).
 
@@ -414,14 +434,7 @@ class FittedSearch:
         rounding: str = "largest_remainder",
         seed: int = 0,
     ) -> None:
-        _check_search(starts, candidates, rounds, iterations, margin, lr)
-        self.fitted = fitted if fitted is not None else Fitted(seed=seed)
-        if not hasattr(self.fitted, "fit"):
-            raise DeepleakError("labels.fitted must be a soft classifier fit (deepleak.labels.fedavg.Fitted)")
-        self.starts, self.candidates, self.rounds = int(starts), int(candidates), int(rounds)
-        self.margin, self.iterations, self.lr = float(margin), int(iterations), float(lr)
-        self.rounding = rounding
-        self.seed = int(seed)
+        super().__init__(fitted, starts, candidates, rounds, margin, iterations, lr, rounding, seed)
 
     def score(self, update: ClassifierUpdate, features: torch.Tensor, label_sets: torch.Tensor) -> torch.Tensor:
         """The lowest fixed-label residual (K,) of each label set (K, N) over the feature
@@ -447,10 +460,6 @@ class FittedSearch:
         return local_search(counts_to_labels(counts.numpy(), n, self.rounding), counts,
                             lambda label_sets: self.score(update, features, label_sets),
                             self.candidates, self.rounds, self.margin, self.name)
-
-    def counts(self, observation: Observation) -> torch.Tensor:
-        """The found label set as counts (num_classes,), summing to N."""
-        return torch.bincount(self.restore(observation), minlength=observation.recipe.num_classes).double()
 
 
 def local_search(labels: torch.Tensor, counts: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor],
@@ -480,7 +489,7 @@ def local_search(labels: torch.Tensor, counts: torch.Tensor, score: Callable[[to
     return labels
 
 
-class ImageSearch:
+class ImageSearch(_FitScoredSearch):
     """Local search over label sets, scored by a classifier fit whose features come from free
     images and move as the body trains (deepleak's; for many local steps).
 
@@ -525,17 +534,10 @@ class ImageSearch:
         rounding: str = "largest_remainder",
         seed: int = 0,
     ) -> None:
-        _check_search(starts, candidates, rounds, iterations, margin, lr)
+        super().__init__(fitted, starts, candidates, rounds, margin, iterations, lr, rounding, seed)
         self.start = start if start is not None else Search(seed=seed)
         if not hasattr(self.start, "restore"):
             raise DeepleakError("labels.start must be a label method (it gives the first estimate)")
-        self.fitted = fitted if fitted is not None else Fitted(seed=seed)
-        if not hasattr(self.fitted, "fit"):
-            raise DeepleakError("labels.fitted must be a soft classifier fit (deepleak.labels.fedavg.Fitted)")
-        self.starts, self.candidates, self.rounds = int(starts), int(candidates), int(rounds)
-        self.margin, self.iterations, self.lr = float(margin), int(iterations), float(lr)
-        self.rounding = rounding
-        self.seed = int(seed)
 
     def score(self, observation: Observation, update: ClassifierUpdate, label_sets: torch.Tensor) -> torch.Tensor:
         """The lowest image-fit residual (K,) of each label set (K, N) over ``starts`` image draws."""
@@ -555,10 +557,6 @@ class ImageSearch:
         return local_search(self.start.restore(observation), soft.sum(dim=0),
                             lambda label_sets: self.score(observation, update, label_sets),
                             self.candidates, self.rounds, self.margin, self.name)
-
-    def counts(self, observation: Observation) -> torch.Tensor:
-        """The found label set as counts (num_classes,), summing to N."""
-        return torch.bincount(self.restore(observation), minlength=observation.recipe.num_classes).double()
 
 
 class Mean:
