@@ -40,13 +40,13 @@ def test_moving_features_residual_equals_the_unrolled_steps(bias):
     assert float((got - classifier_fit.residual(update, start, y)).abs().min()) > 1e-3  # the ends matter
 
 
-def test_body_features_follow_the_given_weights():
+def test_features_follow_the_given_weights():
     model = build_model({"_target_": "deepleak.models.LeNet", "width": 8, "activation_fn": "sigmoid"}, 10, (3, 16, 16), seed=0)
     images = torch.rand(3, 3, 16, 16)
     own = [p.detach() for p in model.parameters()]
-    torch.testing.assert_close(classifier_fit.body_features(model, own, images), features_and_logits(model, images)[0])
+    torch.testing.assert_close(features_and_logits(model, images, own)[0], features_and_logits(model, images)[0])
     other = [p + 0.1 * torch.randn_like(p) for p in own]
-    moved = classifier_fit.body_features(model, other, images)
+    moved = features_and_logits(model, images, other)[0]
     torch.testing.assert_close(moved, features_and_logits(with_weights(model, other), images)[0])
     assert float((moved - features_and_logits(model, images)[0]).abs().max().detach()) > 1e-3
 

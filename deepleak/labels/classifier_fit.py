@@ -30,11 +30,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from deepleak.errors import DeepleakError
-from deepleak.models import classifier, classifier_parameter_names
+from deepleak.models import classifier_parameter_names, features_and_logits
 from deepleak.scenarios.base import Observation, set_bn_mode
 
 
@@ -153,19 +152,6 @@ def fit(update: ClassifierUpdate, features: torch.Tensor, targets: torch.Tensor 
     return errors.detach(), labels
 
 
-def body_features(model: torch.nn.Module, weights: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    """The penultimate features (D, M) of ``images`` under ``model`` with its parameters
-    replaced by ``weights`` (in ``parameters()`` order), differentiable in the images."""
-    names = [name for name, _ in model.named_parameters()]
-    captured: list[torch.Tensor] = []
-    handle = classifier(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
-    try:
-        functional_call(model, dict(zip(names, weights)), (images,))
-    finally:
-        handle.remove()
-    return captured[-1]
-
-
 def fit_images(update: ClassifierUpdate, observation: Observation, images: torch.Tensor, targets: torch.Tensor,
                iterations: int, lr: float, profile: float = 0.5, desc: str = "image fits") -> torch.Tensor:
     """Adam on K sets of N free images (K, N, C, H, W), kept in [0, 1] through a sigmoid, and
@@ -185,7 +171,7 @@ def fit_images(update: ClassifierUpdate, observation: Observation, images: torch
     errors = None
     for _ in tqdm(range(iterations), desc=desc, leave=False, disable=None):
         x = torch.sigmoid(free)
-        h_start, h_end = (body_features(model, w, x).double().cpu().reshape(k, n, -1) for w in (start, end))
+        h_start, h_end = (features_and_logits(model, x, w)[0].double().cpu().reshape(k, n, -1) for w in (start, end))
         errors = residual(update, h_start, targets, h_end, torch.sigmoid(exponent))
         optimizer.zero_grad()
         errors.sum().backward()
@@ -194,4 +180,4 @@ def fit_images(update: ClassifierUpdate, observation: Observation, images: torch
     return errors.detach()
 
 
-__all__ = ["ClassifierUpdate", "body_features", "feature_range", "fit", "fit_images", "residual", "shared_weights"]
+__all__ = ["ClassifierUpdate", "feature_range", "fit", "fit_images", "residual", "shared_weights"]

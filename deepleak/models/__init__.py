@@ -6,6 +6,7 @@ features; label methods find it with :func:`classifier`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from deepleak.config import make
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from deepleak.errors import DeepleakError
 from deepleak.models.convnet import ConvNet
@@ -95,12 +97,18 @@ def classifier_parameter_names(model: nn.Module) -> tuple[str, str | None]:
     return names[id(layer.weight)], bias
 
 
-def features_and_logits(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Run ``model`` on ``x`` and return (penultimate features (K, M), logits (K, N))."""
+def features_and_logits(model: nn.Module, x: Tensor, weights: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Run ``model`` on ``x`` and return (penultimate features (K, M), logits (K, N)); with
+    ``weights`` (in ``parameters()`` order) the model runs with them in place of its own
+    parameters (``torch.func.functional_call``: differentiable in the weights and in ``x``)."""
     captured: list[Tensor] = []
     handle = classifier(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
     try:
-        logits = model(x)
+        if weights is None:
+            logits = model(x)
+        else:
+            names = [name for name, _ in model.named_parameters()]
+            logits = functional_call(model, dict(zip(names, weights)), (x,))
     finally:
         handle.remove()
     return captured[-1], logits
