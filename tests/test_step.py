@@ -1,10 +1,11 @@
-"""The double-backward-friendly convolution: same values and gradients, first and second order."""
+"""The attack step's convolutions (double-backward-friendly, narrow-input): same values and gradients."""
 
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from deepleak.attacks.step import fast_double_backward
 from deepleak.models import LeNet, ResNet18
@@ -47,3 +48,30 @@ def test_narrow_layers_stay_native_by_default():
     wide = fast_double_backward(ResNet18(10, width=64))
     patched = [m for m in wide.modules() if "forward" in vars(m)]
     assert patched and all(m.in_channels >= 64 for m in patched)
+
+
+@pytest.mark.parametrize("stride, padding, dilation, bias", [(2, 2, 1, True), (1, 1, 1, False), (2, 3, 2, True), (3, 0, 1, True)])
+def test_narrow_convolutions_give_the_native_values_and_gradients(stride, padding, dilation, bias):
+    """fast_input_gradient's matmul + fold input gradient, against the native convolution
+    (float64), for the weight, bias and input gradients it returns."""
+    from deepleak.attacks.step import fast_input_gradient
+
+    torch.manual_seed(0)
+    native = nn.Conv2d(3, 8, 5, stride=stride, padding=padding, dilation=dilation, bias=bias).double()
+    fast = fast_input_gradient(copy.deepcopy(native))
+    assert "forward" in vars(fast) and "forward" not in vars(native)
+    x = torch.rand(2, 3, 19, 17, dtype=torch.float64)
+    weights = torch.randn_like(native(x))
+    results = []
+    for module in (native, fast):
+        leaf = x.clone().requires_grad_(True)
+        out = module(leaf)
+        grads = torch.autograd.grad((out * weights).sum(), [leaf, *module.parameters()])
+        results.append((out, grads))
+    (out_n, grads_n), (out_f, grads_f) = results
+    assert torch.allclose(out_f, out_n, rtol=0, atol=1e-12)
+    for a, b in zip(grads_f, grads_n):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    # Wide layers stay native; the images' layer only.
+    wide = fast_input_gradient(nn.Conv2d(16, 8, 3))
+    assert "forward" not in vars(wide)

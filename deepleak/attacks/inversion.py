@@ -296,11 +296,16 @@ class GradientInversion:
             total, distances = self._members_objective(model, images, label_vars, labels, target, anchor)
             # Only the variables need a gradient; autograd.grad leaves the model's .grad alone.
             return total.detach(), [float(d.detach()) for d in distances], list(torch.autograd.grad(total, variables))
-        loss, extra = self._loss(labels), (self._prior_total if self.priors else None)
+        loss = self._loss(labels)
+        # Priors that read the model's activations run after the pass at theta; priors of the
+        # images alone ride in the finite-difference passes (no backward pass of their own).
+        reads_model = {name: hasattr(prior, "attach") for name, prior in self.priors.items()}
+        extra = self._prior_sum([n for n, r in reads_model.items() if r])
+        image_extra = self._prior_sum([n for n, r in reads_model.items() if not r])
         total, distances, per_member = 0.0, [], []
         for g in range(images.shape[0]):
             distance, prior, member_gradients = self.image_gradient.value_and_gradient(
-                model, [v[g] for v in variables], loss, self.distance, target, extra)
+                model, [v[g] for v in variables], loss, self.distance, target, extra, image_extra)
             per_member.append(member_gradients)
             total += distance + prior
             distances.append(distance)
@@ -313,10 +318,17 @@ class GradientInversion:
             total = total + term.detach()
         return total, distances, gradients
 
-    def _prior_total(self, images: torch.Tensor) -> torch.Tensor:
-        total = images.new_zeros(())
-        for prior in self.priors.values():
-            total = total + prior(images)
+    def _prior_sum(self, names: list[str]) -> Prior | None:
+        """images -> the sum of the named priors; None for no names."""
+        if not names:
+            return None
+        priors = [self.priors[name] for name in names]
+
+        def total(images: torch.Tensor) -> torch.Tensor:
+            value = priors[0](images)
+            for prior in priors[1:]:
+                value = value + prior(images)
+            return value
         return total
 
     def _members_objective(self, model, images, label_vars, labels, target, anchor):

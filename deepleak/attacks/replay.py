@@ -485,7 +485,7 @@ class Replay:
         route = None if self.image_gradient.exact else self.image_gradient
         agreement = None
         if route is not None:
-            model = route.prepare_model(model)
+            model = route.prepare_model(model, freeze=False)  # its passes do not record a kink pattern
             agreement = self._calibrate(route, model, start, target, labels, recipe, step_labels, shape, seed)
 
         best = None

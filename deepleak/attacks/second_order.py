@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from deepleak.attacks.step import fast_double_backward
+from deepleak.attacks.kinks import FrozenMaxPool2d, freeze_kinks
+from deepleak.attacks.step import fast_double_backward, fast_input_gradient
 from deepleak.errors import DeepleakError
 
 # Layers whose gradient jumps: a difference of input gradients across the jump is meaningless.
@@ -109,74 +110,120 @@ class FiniteDifference:
             raise DeepleakError(f"attack.image_gradient.min_agreement must be a cosine in [-1, 1], got {min_agreement}")
         self.scheme, self.step, self.min_agreement = scheme, None if step is None else float(step), float(min_agreement)
         self.current_step = self.step if self.step is not None else self.FALLBACK_STEP[scheme]
-        self._public: tuple | None = None  # (model, names, detached parameters, ||theta||)
+        self._public: tuple | None = None  # (model, names, detached parameters, ||theta||, parameters, saved copy)
+        self._versions: list[int] = []  # the parameters' version counters when last seen
 
     def __repr__(self) -> str:
         return f"FiniteDifference(scheme={self.scheme!r}, step={self.step})"
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        """The attacker's model copy, unchanged (first-order passes use the native kernels);
-        a DeepleakError if it has a layer whose gradient jumps (:data:`NON_SMOOTH`)."""
-        kinks = sorted({type(m).__name__ for m in model.modules() if isinstance(m, NON_SMOOTH)})
+    def prepare_model(self, model: nn.Module, freeze: bool = True) -> nn.Module:
+        """The attacker's model copy, its image-facing convolutions on a faster input gradient
+        (:func:`deepleak.attacks.step.fast_input_gradient`) and, with ``freeze``, its ReLU and
+        max-pooling layers frozen between the passes (:mod:`deepleak.attacks.kinks`); a
+        DeepleakError if a layer whose gradient jumps is left (:data:`NON_SMOOTH`)."""
+        pattern = freeze_kinks(model) if freeze else None
+        model._deepleak_kinks = pattern
+        kinks = sorted({type(m).__name__ for m in model.modules()
+                        if isinstance(m, NON_SMOOTH) and not isinstance(m, FrozenMaxPool2d)})
         if kinks:
+            frozen = " (ReLU and MaxPool2d are frozen between the passes; these are not)" if freeze else ""
             raise DeepleakError(
                 f"attack.image_gradient=finite_difference needs a smooth victim, and {type(model).__name__} has "
-                f"{', '.join(kinks)} (kinks); use attack/image_gradient=double_backward or model.activation_fn=sigmoid|tanh|gelu"
+                f"{', '.join(kinks)} (kinks){frozen}; use attack/image_gradient=double_backward or model.activation_fn=sigmoid|tanh|gelu"
             )
-        return model
+        return fast_input_gradient(model)
 
     # ------------------------------------------------------------------ one evaluation
     def value_and_gradient(
         self, model: nn.Module, variables: Sequence[Tensor], loss: LossFn,
         distance: Callable[[list[Tensor], list[Tensor]], Tensor], target: list[Tensor],
-        extra: Callable[[Tensor], Tensor] | None = None,
+        extra: Callable[[Tensor], Tensor] | None = None, image_extra: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[float, float, list[Tensor]]:
-        """(distance, extra, gradient of distance + extra for each of ``variables``).
+        """(distance, extra + image_extra, gradient of distance + extras for each of ``variables``).
 
-        ``extra(images)`` (the priors) runs right after the forward pass at theta, whose
-        activations a BN prior reads; its gradient comes from autograd (first order)."""
+        - ``extra(images)`` (priors that read the model's activations, the BN prior) runs
+          right after the forward pass at theta; its gradient is a backward pass of its own.
+        - ``image_extra(images)`` (priors of the images alone, TV) rides in the passes at
+          theta + a u as a * image_extra: the difference quotient turns that into exactly its
+          gradient, so it costs no backward pass of its own.
+
+        The passes at theta + a u move the model's own parameters in place and put them back
+        from a saved copy afterwards (bit for bit): cheaper than a functional call, which
+        re-binds every parameter on every call."""
         names, params, theta_norm = self._public_parameters(model)
+        live = self._public[4]
+        pattern = getattr(model, "_deepleak_kinks", None)
+        forward_scheme = self.scheme == "forward"
         with torch.enable_grad():
             leaves = [v.detach().requires_grad_(True) for v in variables]
-            value = loss(model, leaves)
+            with pattern.recording() if pattern is not None else nullcontext():
+                value = loss(model, leaves)
             prior = extra(leaves[0]) if extra is not None else None
             prior_graph = prior is not None and prior.requires_grad
-            wanted = list(model.parameters()) + (leaves if self.scheme == "forward" else [])
+            wanted = live + (leaves if forward_scheme else [])
             grads = torch.autograd.grad(value, wanted, retain_graph=prior_graph, allow_unused=True)
             theta_grads = _fill(grads[:len(params)], params)
-            at_theta = _fill(grads[len(params):], leaves) if self.scheme == "forward" else None
+            at_theta = _fill(grads[len(params):], leaves) if forward_scheme else None
             prior_grads = _fill(torch.autograd.grad(prior, leaves, allow_unused=True), leaves) if prior_graph else None
+        prior_value = float(prior.detach()) if prior is not None else 0.0
         matched, u, u_norm = _direction(distance, theta_grads, target)
+        image_prior = [0.0]
         if u_norm > 0 and math.isfinite(u_norm):
             e = self.current_step * theta_norm / u_norm
 
             def input_gradient(alpha: float) -> list[Tensor]:
-                # theta + alpha * dD/dc in one new set of tensors; dD/dc is never materialised.
-                (first, tensors), *rest = u
-                moved = torch._foreach_add(list(params), list(tensors), alpha=alpha * first)
-                for coefficient, tensors in rest:
-                    torch._foreach_add_(moved, list(tensors), alpha=alpha * coefficient)
-                moved = dict(zip(names, moved))
-                with torch.enable_grad():
-                    inputs = [v.detach().requires_grad_(True) for v in variables]
-                    at = loss(lambda x: functional_call(model, moved, (x,)), inputs)
-                    return _fill(torch.autograd.grad(at, inputs, allow_unused=True), inputs)
+                # grad_v [L(v; theta + alpha dD/dc) + alpha image_extra(v)]; dD/dc is never materialised.
+                saved = self._public[5]
+                with torch.no_grad():
+                    for coefficient, tensors in u:
+                        torch._foreach_add_(params, list(tensors), alpha=alpha * coefficient)
+                flags = [parameter.requires_grad for parameter in live]
+                for parameter in live:  # no parameter gradients in this pass, not even in custom Functions
+                    parameter.requires_grad_(False)
+                try:
+                    with torch.enable_grad():
+                        inputs = [v.detach().requires_grad_(True) for v in variables]
+                        with pattern.replaying() if pattern is not None else nullcontext():
+                            at = loss(model, inputs)
+                        if image_extra is not None:
+                            term = image_extra(inputs[0])
+                            image_prior[0] = float(term.detach())
+                            at = at + alpha * term
+                        return _fill(torch.autograd.grad(at, inputs, allow_unused=True), inputs)
+                finally:
+                    for parameter, flag in zip(live, flags):
+                        parameter.requires_grad_(flag)
+                    with torch.no_grad():
+                        torch._foreach_copy_(params, saved)
+                    self._versions = [p._version for p in params]
 
             gradients = self.derivative(input_gradient, e, at_theta)
         else:
             # A stationary point of the distance (or a non-finite one: the loop's check catches it).
             gradients = [torch.full_like(v, math.nan if not math.isfinite(u_norm) else 0.0) for v in variables]
+            if image_extra is not None and math.isfinite(u_norm):
+                with torch.enable_grad():
+                    inputs = [v.detach().requires_grad_(True) for v in variables]
+                    term = image_extra(inputs[0])
+                    image_prior[0] = float(term.detach())
+                    if term.requires_grad:
+                        gradients = [g.add_(p) for g, p in zip(gradients, _fill(torch.autograd.grad(term, inputs, allow_unused=True), inputs))]
         if prior_grads is not None:
             gradients = [g.add_(p) for g, p in zip(gradients, prior_grads)]
-        return matched, (float(prior.detach()) if prior is not None else 0.0), gradients
+        return matched, prior_value + image_prior[0], gradients
 
-    def _public_parameters(self, model: nn.Module) -> tuple[tuple[str, ...], tuple[Tensor, ...], float]:
-        """(names, detached parameters, ||theta||), once per model: the public parameters do
-        not change during an attack. (Held by reference: an id could be reused.)"""
-        if self._public is None or self._public[0] is not model:
-            names, params = zip(*[(n, p.detach()) for n, p in model.named_parameters()])
-            self._public = (model, names, params, float(norm(params)) or 1.0)
-        return self._public[1:]
+    def _public_parameters(self, model: nn.Module) -> tuple[tuple[str, ...], list[Tensor], float]:
+        """(names, detached parameters, ||theta||), once per model and parameter state: the
+        public parameters do not change during an attack (the passes at theta + a u put them
+        back bit for bit from a saved copy). A change made elsewhere (version counters) takes
+        a new copy. (The model is held by reference: an id could be reused.)"""
+        public = self._public
+        if public is None or public[0] is not model or [p._version for p in public[2]] != self._versions:
+            names, live = zip(*model.named_parameters())
+            params = [p.detach() for p in live]
+            self._public = (model, names, params, float(norm(params)) or 1.0, list(live), [p.clone() for p in params])
+            self._versions = [p._version for p in params]
+        return self._public[1:4]
 
     # ------------------------------------------------------------------ the self-check
     def agreement(self, model: nn.Module, variables: Sequence[Tensor], loss: LossFn,
