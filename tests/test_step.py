@@ -75,3 +75,62 @@ def test_narrow_convolutions_give_the_native_values_and_gradients(stride, paddin
     # Wide layers stay native; the images' layer only.
     wide = fast_input_gradient(nn.Conv2d(16, 8, 3))
     assert "forward" not in vars(wide)
+
+
+def test_deferred_input_gradients_combine_to_the_difference_of_the_passes():
+    """Two passes' narrow-convolution input gradients, recorded instead of computed, combine
+    to (grad_x at a - grad_x at b) / span, paired (one fold) or not (a pass with an extra use)."""
+    from deepleak.attacks.step import combine_deferred, deferring, fast_input_gradient
+
+    torch.manual_seed(0)
+    conv = fast_input_gradient(nn.Conv2d(3, 6, 5, stride=2, padding=2).double())
+    x = torch.rand(2, 3, 11, 13, dtype=torch.float64)
+    weights = torch.randn(2, 6, 6, 7, dtype=torch.float64)
+
+    def passes(uses: int):
+        leaf = x.clone().requires_grad_(True)
+        with deferring(leaf) as deferral:
+            out = sum(conv(leaf) * weights for _ in range(uses)).sin().sum()
+        (skipped,) = torch.autograd.grad(out, [leaf], allow_unused=True)
+        deferral.close()
+        reference = x.clone().requires_grad_(True)
+        (full,) = torch.autograd.grad(sum(conv(reference) * weights for _ in range(uses)).sin().sum(), [reference])
+        return deferral, skipped, full
+
+    span = 0.25
+    at_a, skipped, full_a = passes(1)
+    assert skipped is None and len(at_a.records) == 1  # nothing reached the images: it was recorded
+    with torch.no_grad():
+        conv.weight.add_(0.1)  # the other pass at other parameters
+    at_b, _, full_b = passes(1)
+    combined = combine_deferred(at_a, at_b, span)
+    assert torch.allclose(combined, (full_a - full_b) / span, rtol=1e-10, atol=1e-12)
+    at_c, _, full_c = passes(2)  # unpaired: two records against one
+    assert len(at_c.records) == 2
+    assert torch.allclose(combine_deferred(at_c, at_b, span), (full_c - full_b) / span, rtol=1e-10, atol=1e-12)
+    # A closed deferral (a later backward pass, e.g. a prior's) computes as usual.
+    leaf = x.clone().requires_grad_(True)
+    with deferring(leaf) as deferral:
+        out = (conv(leaf) * weights).sum()
+    deferral.close()
+    reference = x.clone().requires_grad_(True)
+    expected = torch.autograd.grad((conv(reference) * weights).sum(), [reference])[0]
+    assert torch.allclose(torch.autograd.grad(out, [leaf])[0], expected, rtol=1e-12, atol=1e-14)
+    assert not deferral.records
+
+
+def test_total_variation_closed_form_matches_autograd_and_vmap():
+    from torch.func import grad, vmap
+
+    from deepleak.attacks.priors import TotalVariation
+
+    tv = TotalVariation(0.3)
+    x = torch.rand(3, 3, 9, 7, dtype=torch.float64).requires_grad_(True)
+    value = tv(x)
+    assert value.grad_fn is not None and "TotalVariation" in type(value.grad_fn).__name__
+    assert torch.allclose(value, tv.functional(x), rtol=1e-14)
+    (closed,) = torch.autograd.grad(value, [x])
+    (plain,) = torch.autograd.grad(tv.functional(x), [x])
+    assert torch.allclose(closed, plain, rtol=1e-12, atol=1e-15)
+    batched = vmap(grad(tv))(x.detach().unsqueeze(1).expand(3, 2, 3, 9, 7).contiguous())
+    assert torch.allclose(batched[0, 0], grad(tv.functional)(x.detach()[0:2])[0], rtol=1e-12, atol=1e-15)

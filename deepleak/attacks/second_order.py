@@ -15,19 +15,28 @@ mixed second derivative:
       forward:  (grad_v L(v; theta + e u) - grad_v L(v; theta)) / e
       central:  (grad_v L(v; theta + e u) - grad_v L(v; theta - e u)) / (2 e)
 
-  with e = ``step`` * ||theta|| / ||u||. A forward step costs a training step with the input
-  gradient plus one more forward and input-only backward (a whole attack step measured 1.6-3.2x
-  a training step, against 3.2-4.4x with the double backward, ``scripts/bench.py``); the central one a forward and backward
-  more, and it is about 100x more accurate. Both need a *smooth* victim (sigmoid, tanh, GELU,
-  ...): across a ReLU's kink the difference of input gradients jumps, whatever e.
+  with e = ``step`` * ||theta|| / ||u||. A forward step costs a training step plus one more
+  forward and input-only backward (a whole attack step measured 2.2-2.9x a training step,
+  against 3.2-4.4x with the double backward, ``scripts/bench.py``); the central one a forward
+  and backward more, and it is about 100x more accurate.
+
+Kinks: across a ReLU's kink or a max-pool's change of winner the input gradient jumps, and a
+difference across the jump is meaningless. The exact double backward holds every kink fixed,
+so the passes at theta + e u replay the pattern of the pass at theta
+(:mod:`deepleak.attacks.kinks`): ReLU and MaxPool2d victims work (ImageNet's ResNet-18 agrees
+to 0.99997 in float32); other kinks (LeakyReLU, SELU, hard activations) are refused.
+
+What the passes skip: the moved parameters are the model's own, moved in place and put back
+bit for bit (no functional call); they ask no parameter gradient; a prior of the images alone
+(TV) rides in the moved pass; and the image-facing convolution's input gradient is left out
+of both passes and formed once from the two (:func:`deepleak.attacks.step.combine_deferred`).
 
 The right step depends on the model's curvature (a 4-channel ResNet wants 100x smaller steps
 than a 64-channel one) and on the float precision. So every reconstruction first computes the
 exact gradient once on a random draw, picks the step on a grid that agrees with it best
 (unless ``step`` is fixed), and refuses with one clear error when even the best agreement
 (cosine) is below ``min_agreement``. Step and agreement are recorded in metrics.json. On the
-bench's sigmoid LeNet and ResNet-18 the forward scheme agrees to 0.99999 in float32,
-ImageNet's ReLU ResNet-18 to 0.03.
+bench's sigmoid LeNet and ResNet-18 the forward scheme agrees to 0.99999 in float32.
 
 Threat model: both routes see the public model, the target gradient and the dummy
 variables only.
@@ -44,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepleak.attacks.kinks import FrozenMaxPool2d, freeze_kinks
-from deepleak.attacks.step import fast_double_backward, fast_input_gradient
+from deepleak.attacks.step import Deferral, combine_deferred, deferring, fast_double_backward, fast_input_gradient
 from deepleak.errors import DeepleakError
 
 # Layers whose gradient jumps: a difference of input gradients across the jump is meaningless.
@@ -156,12 +165,15 @@ class FiniteDifference:
         forward_scheme = self.scheme == "forward"
         with torch.enable_grad():
             leaves = [v.detach().requires_grad_(True) for v in variables]
-            with pattern.recording() if pattern is not None else nullcontext():
+            with (pattern.recording() if pattern is not None else nullcontext(),
+                  deferring(leaves[0]) if forward_scheme else nullcontext() as at_theta_deferred):
                 value = loss(model, leaves)
             prior = extra(leaves[0]) if extra is not None else None
             prior_graph = prior is not None and prior.requires_grad
             wanted = live + (leaves if forward_scheme else [])
             grads = torch.autograd.grad(value, wanted, retain_graph=prior_graph, allow_unused=True)
+            if at_theta_deferred is not None:
+                at_theta_deferred.close()
             theta_grads = _fill(grads[:len(params)], params)
             at_theta = _fill(grads[len(params):], leaves) if forward_scheme else None
             prior_grads = _fill(torch.autograd.grad(prior, leaves, allow_unused=True), leaves) if prior_graph else None
@@ -183,13 +195,16 @@ class FiniteDifference:
                 try:
                     with torch.enable_grad():
                         inputs = [v.detach().requires_grad_(True) for v in variables]
-                        with pattern.replaying() if pattern is not None else nullcontext():
+                        with (pattern.replaying() if pattern is not None else nullcontext(),
+                              deferring(inputs[0]) as deferred[alpha]):
                             at = loss(model, inputs)
                         if image_extra is not None:
                             term = image_extra(inputs[0])
                             image_prior[0] = float(term.detach())
                             at = at + alpha * term
-                        return _fill(torch.autograd.grad(at, inputs, allow_unused=True), inputs)
+                        result = _fill(torch.autograd.grad(at, inputs, allow_unused=True), inputs)
+                        deferred[alpha].close()
+                        return result
                 finally:
                     for parameter, flag in zip(live, flags):
                         parameter.requires_grad_(flag)
@@ -197,7 +212,13 @@ class FiniteDifference:
                         torch._foreach_copy_(params, saved)
                     self._versions = [p._version for p in params]
 
+            deferred: dict[float, Deferral] = {}
             gradients = self.derivative(input_gradient, e, at_theta)
+            # The image-facing convolutions' input gradients, left out of the passes, in one piece.
+            images_part = (combine_deferred(deferred[e], at_theta_deferred, e) if forward_scheme
+                           else combine_deferred(deferred[e], deferred[-e], 2 * e))
+            if images_part is not None:
+                gradients[0].add_(images_part)
         else:
             # A stationary point of the distance (or a non-finite one: the loop's check catches it).
             gradients = [torch.full_like(v, math.nan if not math.isfinite(u_norm) else 0.0) for v in variables]
@@ -275,7 +296,8 @@ class FiniteDifference:
             raise DeepleakError(
                 f"attack.image_gradient=finite_difference agrees with the exact image gradient only to cosine "
                 f"{value:.4f} at best (< min_agreement {self.min_agreement}) on {what}: finite "
-                f"differences need a smooth victim (no ReLU or max-pooling kinks); use attack/image_gradient=double_backward"
+                f"differences need a smooth victim (kinks other than ReLU and max-pooling, which are frozen, break them); "
+                f"use attack/image_gradient=double_backward"
             )
         self.current_step = step
         return value, step

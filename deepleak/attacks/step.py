@@ -20,6 +20,9 @@ already skips it in the first.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -90,12 +93,101 @@ def fast_double_backward(model: nn.Module, min_channels: int = MIN_CHANNELS) -> 
 
 
 # ---------------------------------------------------------------------------- narrow inputs
+def narrow_input_gradient(weight: Tensor, grad: Tensor, conf: tuple, size: torch.Size,
+                          weight2: Tensor | None = None, grad2: Tensor | None = None) -> Tensor:
+    """The input gradient of ``conv2d(x, weight)`` (``conf``: stride, padding, dilation; ``size``:
+    x's spatial size) for the output gradient ``grad``, plus that of ``weight2`` for ``grad2``
+    when given (one sum of columns, one fold): batched matrix products and a ``fold`` (col2im)."""
+    stride, padding, dilation = conf
+    batch, kernel = grad.shape[0], weight.shape[2:]
+    flats = [weight.reshape(weight.shape[0], -1).t()]
+    grads = [grad.reshape(batch, grad.shape[1], -1)]
+    if weight2 is not None:
+        flats.append(weight2.reshape(weight2.shape[0], -1).t())
+        grads.append(grad2.reshape(batch, grad2.shape[1], -1))
+
+    def columns(start: int, stop: int) -> Tensor:
+        count = stop - start
+        out = torch.bmm(flats[0].expand(count, *flats[0].shape), grads[0][start:stop])
+        if len(flats) > 1:
+            out.baddbmm_(flats[1].expand(count, *flats[1].shape), grads[1][start:stop])
+        return F.fold(out, size, kernel, dilation, padding, stride)
+
+    # In chunks of images whose columns stay in cache (LeNet batch 64, first layer: about 2x).
+    chunk = max(1, COLUMN_BUDGET // (flats[0].shape[0] * grads[0].shape[2]))
+    if chunk >= batch:
+        return columns(0, batch)
+    out = grad.new_empty(batch, weight.shape[1], *size)
+    for start in range(0, batch, chunk):
+        out[start:start + chunk] = columns(start, min(start + chunk, batch))
+    return out
+
+
+COLUMN_BUDGET = 2**18  # floats of im2col columns per chunk (1 MB in float32)
+
+
+class Deferral:
+    """While :func:`deferring` is active, a narrow convolution that reads ``images`` leaves its
+    input gradient out (autograd sees none) and records (weight, output gradient, conf, size)
+    instead: the finite-difference route then combines the records of two passes into one
+    input gradient (:func:`combine_deferred`), one ``fold`` instead of one per pass."""
+
+    def __init__(self, images: Tensor) -> None:
+        self.images = images
+        self.records: list[tuple[Tensor, Tensor, tuple, torch.Size]] = []
+        self.open = True  # closed: later backward passes (a prior's) compute the input gradient as usual
+
+    def close(self) -> "Deferral":
+        self.open = False
+        return self
+
+
+_DEFERRAL: Deferral | None = None
+
+
+@contextmanager
+def deferring(images: Tensor) -> Iterator[Deferral]:
+    """Defer the input gradient of the narrow convolutions that read ``images`` in the
+    forward passes run inside (their backward may run later)."""
+    global _DEFERRAL
+    previous, _DEFERRAL = _DEFERRAL, Deferral(images)
+    try:
+        yield _DEFERRAL
+    finally:
+        _DEFERRAL = previous
+
+
+def combine_deferred(at_a: Deferral, at_b: Deferral, span: float) -> Tensor | None:
+    """(sum of the input gradients at_a recorded - those at_b recorded) / ``span``, with each
+    pair of records from the same layer as one stacked input gradient:
+
+        (Wa^T ga - Wb^T gb) / s = [Wb; (Wa - Wb) / s]^T [(ga - gb) / s; ga]
+
+    None when nothing was recorded."""
+    if not at_a.records and not at_b.records:
+        return None
+    paired = len(at_a.records) == len(at_b.records) and all(
+        a[1].shape == b[1].shape and a[0].shape == b[0].shape and a[2:] == b[2:] for a, b in zip(at_a.records, at_b.records))
+    total = None
+    if paired:
+        for (wa, ga, conf, size), (wb, gb, _, _) in zip(at_a.records, at_b.records):
+            part = narrow_input_gradient(wb, ga.sub(gb).div_(span), conf, size, wa.sub(wb).div_(span), ga)
+            total = part if total is None else total.add_(part)
+        return total
+    for records, sign in ((at_a.records, 1.0 / span), (at_b.records, -1.0 / span)):
+        for weight, grad, conf, size in records:
+            part = narrow_input_gradient(weight, grad, conf, size).mul_(sign)
+            total = part if total is None else total.add_(part)
+    return total
+
+
 class _NarrowConv2d(torch.autograd.Function):
     """conv2d(x, weight, bias) whose input gradient is one matrix product and a ``fold``
     (col2im) instead of oneDNN's backward-data kernel, which is slow for a layer with a few
     input channels: measured on CPU, one thread, LeNet's first layer (3 -> 32, 5x5, stride 2)
     at batch 64 3.82 -> 1.83 ms, batch 8 0.51 -> 0.26 ms, and ResNet-18's 7x7 stem at 224 px
     9.6 -> 5.4 ms; wide layers are faster natively (tests/test_step.py checks the values).
+    Under :func:`deferring` it records instead of computing the input gradient.
     First order only: the finite-difference route's passes use it, the double backward not."""
 
     @staticmethod
@@ -103,6 +195,7 @@ class _NarrowConv2d(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.conf = (stride, padding, dilation)
         ctx.has_bias = bias is not None
+        ctx.deferral = _DEFERRAL if _DEFERRAL is not None and x is _DEFERRAL.images else None
         return F.conv2d(x, weight, bias, stride, padding, dilation)
 
     @staticmethod
@@ -111,9 +204,11 @@ class _NarrowConv2d(torch.autograd.Function):
         stride, padding, dilation = ctx.conf
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            flat = weight.reshape(weight.shape[0], -1).t()
-            columns = torch.bmm(flat.expand(grad.shape[0], *flat.shape), grad.reshape(grad.shape[0], grad.shape[1], -1))
-            grad_x = F.fold(columns, x.shape[2:], weight.shape[2:], dilation, padding, stride)
+            if ctx.deferral is not None and ctx.deferral.open:
+                # A copy of the weight: the route moves the parameters in place between passes.
+                ctx.deferral.records.append((weight.detach().clone(), grad, ctx.conf, x.shape[2:]))
+            else:
+                grad_x = narrow_input_gradient(weight, grad, ctx.conf, x.shape[2:])
         if ctx.needs_input_grad[1]:
             grad_weight = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]
