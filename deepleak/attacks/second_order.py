@@ -119,7 +119,7 @@ class FiniteDifference:
             raise DeepleakError(f"attack.image_gradient.min_agreement must be a cosine in [-1, 1], got {min_agreement}")
         self.scheme, self.step, self.min_agreement = scheme, None if step is None else float(step), float(min_agreement)
         self.current_step = self.step if self.step is not None else self.FALLBACK_STEP[scheme]
-        self._public: tuple | None = None  # (model, names, detached parameters, ||theta||, parameters, saved copy)
+        self._public: tuple | None = None  # (model, names, detached parameters, ||theta||, parameters)
         self._versions: list[int] = []  # the parameters' version counters when last seen
 
     def __repr__(self) -> str:
@@ -156,9 +156,9 @@ class FiniteDifference:
           theta + a u as a * image_extra: the difference quotient turns that into exactly its
           gradient, so it costs no backward pass of its own.
 
-        The passes at theta + a u move the model's own parameters in place and put them back
-        from a saved copy afterwards (bit for bit): cheaper than a functional call, which
-        re-binds every parameter on every call."""
+        The passes at theta + a u point the model's own parameters at moved tensors (``.data``)
+        and back afterwards: theta is never written, and it is cheaper than a functional call,
+        which re-parametrises every module on every call."""
         names, params, theta_norm = self._public_parameters(model)
         live = self._public[4]
         pattern = getattr(model, "_deepleak_kinks", None)
@@ -185,13 +185,17 @@ class FiniteDifference:
 
             def input_gradient(alpha: float) -> list[Tensor]:
                 # grad_v [L(v; theta + alpha dD/dc) + alpha image_extra(v)]; dD/dc is never materialised.
-                saved = self._public[5]
+                (first, tensors), *rest = u
                 with torch.no_grad():
-                    for coefficient, tensors in u:
-                        torch._foreach_add_(params, list(tensors), alpha=alpha * coefficient)
+                    moved = torch._foreach_add(params, list(tensors), alpha=alpha * first)
+                    for coefficient, tensors in rest:
+                        torch._foreach_add_(moved, list(tensors), alpha=alpha * coefficient)
                 flags = [parameter.requires_grad for parameter in live]
-                for parameter in live:  # no parameter gradients in this pass, not even in custom Functions
+                for parameter, tensor in zip(live, moved):
+                    # The model's own parameters point at the moved values for this pass; theta
+                    # itself is never written. No parameter gradients here, not even in custom Functions.
                     parameter.requires_grad_(False)
+                    parameter.data = tensor
                 try:
                     with torch.enable_grad():
                         inputs = [v.detach().requires_grad_(True) for v in variables]
@@ -206,11 +210,9 @@ class FiniteDifference:
                         deferred[alpha].close()
                         return result
                 finally:
-                    for parameter, flag in zip(live, flags):
+                    for parameter, original, flag in zip(live, params, flags):
+                        parameter.data = original
                         parameter.requires_grad_(flag)
-                    with torch.no_grad():
-                        torch._foreach_copy_(params, saved)
-                    self._versions = [p._version for p in params]
 
             deferred: dict[float, Deferral] = {}
             gradients = self.derivative(input_gradient, e, at_theta)
@@ -235,14 +237,16 @@ class FiniteDifference:
 
     def _public_parameters(self, model: nn.Module) -> tuple[tuple[str, ...], list[Tensor], float]:
         """(names, detached parameters, ||theta||), once per model and parameter state: the
-        public parameters do not change during an attack (the passes at theta + a u put them
-        back bit for bit from a saved copy). A change made elsewhere (version counters) takes
-        a new copy. (The model is held by reference: an id could be reused.)"""
+        public parameters do not change during an attack (the passes at theta + a u point the
+        parameters at other tensors and back; theta's own are never written). A change made
+        elsewhere (version counters, new tensors) is seen. (The model is held by reference: an
+        id could be reused.)"""
         public = self._public
-        if public is None or public[0] is not model or [p._version for p in public[2]] != self._versions:
+        if (public is None or public[0] is not model or [p._version for p in public[2]] != self._versions
+                or any(p.data_ptr() != q.data_ptr() for p, q in zip(public[4], public[2]))):
             names, live = zip(*model.named_parameters())
             params = [p.detach() for p in live]
-            self._public = (model, names, params, float(norm(params)) or 1.0, list(live), [p.clone() for p in params])
+            self._public = (model, names, params, float(norm(params)) or 1.0, list(live))
             self._versions = [p._version for p in params]
         return self._public[1:4]
 
