@@ -157,12 +157,12 @@ def plain_runner(observation, labels, images) -> Callable[[int], None]:
 
 def deepleak_runner(observation, labels, finite_difference: bool = False) -> Callable[[int], None]:
     """n steps of deepleak's ig attack; ``finite_difference``: with the forward-difference image
-    gradient (raises DeepleakError on a victim it refuses, e.g. ReLU)."""
+    gradient (raises DeepleakError on a victim it refuses, e.g. SELU)."""
     from deepleak.attacks.second_order import FiniteDifference
 
     attack = ig_attack(1, image_gradient=FiniteDifference() if finite_difference else None)
     if finite_difference:
-        attack.reconstruct(observation, labels, seed=0)  # the self-check refuses a non-smooth victim here
+        attack.reconstruct(observation, labels, seed=0)  # the self-check refuses a victim with unfrozen kinks here
     elif not fast_path_integrated(attack, observation):
         attack.prepare = _with_fast_double_backward(attack.prepare)
 

@@ -219,8 +219,10 @@ class _NarrowConv2d(torch.autograd.Function):
 
 
 def _narrow_forward(module: nn.Conv2d, x: Tensor) -> Tensor:
-    if (not x.requires_grad or torch.is_grad_enabled() is False
+    if (not x.requires_grad or not torch.is_grad_enabled() or x.device.type != "cpu"
             or torch._C._functorch.peek_interpreter_stack() is not None):
+        # Nothing to differentiate, a GPU (measured only on CPU: cuDNN keeps it), or inside
+        # a torch.func transform: the native convolution.
         return nn.Conv2d.forward(module, x)
     return _NarrowConv2d.apply(x, module.weight, module.bias, module.stride, module.padding, module.dilation)
 
