@@ -26,10 +26,11 @@ so the passes at theta + e u replay the pattern of the pass at theta
 (:mod:`deepleak.attacks.kinks`): ReLU and MaxPool2d victims work (ImageNet's ResNet-18 agrees
 to 0.99997 in float32); other kinks (LeakyReLU, SELU, hard activations) are refused.
 
-What the passes skip: the moved parameters are the model's own, moved in place and put back
-bit for bit (no functional call); they ask no parameter gradient; a prior of the images alone
-(TV) rides in the moved pass; and the image-facing convolution's input gradient is left out
-of both passes and formed once from the two (:func:`deepleak.attacks.step.combine_deferred`).
+What the passes skip: the moved pass points the model's own parameters at moved tensors and
+back (no functional call; theta is never written) and asks for no parameter gradient; a
+prior of the images alone (TV) rides in the moved pass; and the image-facing convolution's
+input gradient is left out of both passes and formed once from the two
+(:func:`deepleak.attacks.step.combine_deferred`).
 
 The right step depends on the model's curvature (a 4-channel ResNet wants 100x smaller steps
 than a 64-channel one) and on the float precision. So every reconstruction first computes the

@@ -91,7 +91,6 @@ def fast_double_backward(model: nn.Module, min_channels: int = MIN_CHANNELS) -> 
     return model
 
 
-
 # ---------------------------------------------------------------------------- narrow inputs
 def narrow_input_gradient(weight: Tensor, grad: Tensor, conf: tuple, size: torch.Size,
                           weight2: Tensor | None = None, grad2: Tensor | None = None) -> Tensor:
@@ -205,7 +204,8 @@ class _NarrowConv2d(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             if ctx.deferral is not None and ctx.deferral.open:
-                # A copy of the weight: the route moves the parameters in place between passes.
+                # A copy (a few thousand numbers): the record must keep this pass's weight
+                # whatever happens to the parameter afterwards.
                 ctx.deferral.records.append((weight.detach().clone(), grad, ctx.conf, x.shape[2:]))
             else:
                 grad_x = narrow_input_gradient(weight, grad, ctx.conf, x.shape[2:])
