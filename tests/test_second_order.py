@@ -223,10 +223,11 @@ def test_refusals_and_bad_settings():
         lbfgs(2, image_gradient=FiniteDifference()).reconstruct(selu, labels)
 
 
-def test_cli_option_runs_and_records_the_agreement(deepleak, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["model.activation_fn=relu"]], ids=["sigmoid", "relu-frozen-kinks"])
+def test_cli_option_runs_and_records_the_agreement(deepleak, tmp_path, extra):
     import json
 
-    done = deepleak("attack", "attack/image_gradient=finite_difference", "attack.iterations=3", "trials=1")
+    done = deepleak("attack", "attack/image_gradient=finite_difference", "attack.iterations=3", "trials=1", *extra)
     assert done.returncode == 0, done.stderr[-2000:]
     (metrics,) = list((tmp_path / "outputs").rglob("metrics.json"))
     record = json.loads(metrics.read_text())
