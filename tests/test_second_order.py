@@ -94,6 +94,9 @@ def test_kinks_that_cannot_be_frozen_are_refused_with_one_sentence():
         FiniteDifference().prepare_model(LeNet(10, width=8, activation_fn="relu"), freeze=False)
     assert FiniteDifference().prepare_model(LeNet(10, width=8, activation_fn="gelu")) is not None
     assert FiniteDifference().prepare_model(LeNet(10, width=8, activation_fn="relu")) is not None
+    pooled = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2, return_indices=True))
+    with pytest.raises(DeepleakError, match="MaxPool2d"):  # its indices are an output: not frozen
+        FiniteDifference().prepare_model(pooled)
 
 
 KINKED = [  # (model, pixels, a step at which unfrozen differences cross kinks)

@@ -117,7 +117,8 @@ def freeze_kinks(model: nn.Module) -> KinkPattern | None:
     swapped = {}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) in FREEZABLE:
+            # A pool that returns its indices feeds them to the model: left alone (and refused).
+            if type(child) in FREEZABLE and not getattr(child, "return_indices", False):
                 if id(child) not in swapped:
                     swapped[id(child)] = (FrozenReLU(pattern) if type(child) is nn.ReLU
                                           else FrozenMaxPool2d(child, pattern))
