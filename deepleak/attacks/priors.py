@@ -72,10 +72,11 @@ class _TotalVariation(torch.autograd.Function):
         ax, ay = ctx.scales
         gx, gy = sx * (grad * ax), sy * (grad * ay)
         out = sx.new_zeros(ctx.shape)
-        out[..., :, 1:] += gx
-        out[..., :, :-1] -= gx
-        out[..., 1:, :] += gy
-        out[..., :-1, :] -= gy
+        # In-place on the views (``out[...] += g`` would copy each slice back once more).
+        out[..., :, 1:].add_(gx)
+        out[..., :, :-1].sub_(gx)
+        out[..., 1:, :].add_(gy)
+        out[..., :-1, :].sub_(gy)
         return out, None
 
 
