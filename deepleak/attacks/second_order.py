@@ -120,7 +120,7 @@ class FiniteDifference:
             raise DeepleakError(f"attack.image_gradient.min_agreement must be a cosine in [-1, 1], got {min_agreement}")
         self.scheme, self.step, self.min_agreement = scheme, None if step is None else float(step), float(min_agreement)
         self.current_step = self.step if self.step is not None else self.FALLBACK_STEP[scheme]
-        self._public: tuple | None = None  # (model, names, detached parameters, ||theta||, parameters)
+        self._public: tuple | None = None  # (model, parameters, detached parameters, ||theta||)
         self._versions: list[int] = []  # the parameters' version counters when last seen
 
     def __repr__(self) -> str:
@@ -160,8 +160,7 @@ class FiniteDifference:
         The passes at theta + a u point the model's own parameters at moved tensors (``.data``)
         and back afterwards: theta is never written, and it is cheaper than a functional call,
         which re-parametrises every module on every call."""
-        names, params, theta_norm = self._public_parameters(model)
-        live = self._public[4]
+        live, params, theta_norm = self._public_parameters(model)
         pattern = getattr(model, "_deepleak_kinks", None)
         forward_scheme = self.scheme == "forward"
         with torch.enable_grad():
@@ -176,7 +175,8 @@ class FiniteDifference:
             if at_theta_deferred is not None:
                 at_theta_deferred.close()
             theta_grads = _fill(grads[:len(params)], params)
-            at_theta = _fill(grads[len(params):], leaves) if forward_scheme else None
+            # None where the deferral took the images' gradient: nothing to subtract there.
+            at_theta = list(grads[len(params):]) if forward_scheme else None
             prior_grads = _fill(torch.autograd.grad(prior, leaves, allow_unused=True), leaves) if prior_graph else None
         prior_value = float(prior.detach()) if prior is not None else 0.0
         matched, u, u_norm = _direction(distance, theta_grads, target)
@@ -236,20 +236,20 @@ class FiniteDifference:
             gradients = [g.add_(p) for g, p in zip(gradients, prior_grads)]
         return matched, prior_value + image_prior[0], gradients
 
-    def _public_parameters(self, model: nn.Module) -> tuple[tuple[str, ...], list[Tensor], float]:
-        """(names, detached parameters, ||theta||), once per model and parameter state: the
+    def _public_parameters(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor], float]:
+        """(parameters, detached parameters, ||theta||), once per model and parameter state: the
         public parameters do not change during an attack (the passes at theta + a u point the
         parameters at other tensors and back; theta's own are never written). A change made
         elsewhere (version counters, new tensors) is seen. (The model is held by reference: an
         id could be reused.)"""
         public = self._public
         if (public is None or public[0] is not model or [p._version for p in public[2]] != self._versions
-                or any(p.data_ptr() != q.data_ptr() for p, q in zip(public[4], public[2]))):
-            names, live = zip(*model.named_parameters())
+                or any(p.data_ptr() != q.data_ptr() for p, q in zip(public[1], public[2]))):
+            live = list(model.parameters())
             params = [p.detach() for p in live]
-            self._public = (model, names, params, float(norm(params)) or 1.0, list(live))
+            self._public = (model, live, params, float(norm(params)) or 1.0)
             self._versions = [p._version for p in params]
-        return self._public[1:4]
+        return self._public[1:]
 
     # ------------------------------------------------------------------ the self-check
     def agreement(self, model: nn.Module, variables: Sequence[Tensor], loss: LossFn,
@@ -310,11 +310,11 @@ class FiniteDifference:
     def derivative(self, evaluate: Callable[[float], Sequence[Tensor]], e: float,
                    at_zero: Sequence[Tensor] | None = None) -> list[Tensor]:
         """d/da evaluate(a) at a = 0 by this scheme, with step ``e``; ``at_zero``: evaluate(0)
-        when the caller already has it (forward scheme)."""
+        when the caller already has it (forward scheme; a None entry counts as zero)."""
         plus = evaluate(e)
         if self.scheme == "forward":
             base = evaluate(0.0) if at_zero is None else at_zero
-            return [a.sub_(b).div_(e) for a, b in zip(plus, base)]
+            return [(a if b is None else a.sub_(b)).div_(e) for a, b in zip(plus, base)]
         return [a.sub_(b).div_(2 * e) for a, b in zip(plus, evaluate(-e))]
 
 
