@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from deepleak.attacks import GradientInversion
-from deepleak.attacks.batched import reconstruct_batched
+from deepleak.attacks.batched import BatchedFiniteDifference, BatchedObjective, reconstruct_batched
 from deepleak.attacks.distances import L2, Cosine
 from deepleak.attacks.priors import TotalVariation
+from deepleak.attacks.second_order import FiniteDifference
 from deepleak.attacks.schedules import step_decay
 from deepleak.errors import DeepleakError
 from deepleak.models import LeNet, ResNet18
@@ -93,6 +94,54 @@ def test_fast_convolutions_of_the_attackers_model_do_not_change_batched_results(
                                                         *prepare(obs)[1:]))
     assert_same(sequential, reconstruct_batched(attack, observation, labels, seed=0))
     assert_same(sequential, attack.reconstruct(observation, labels, seed=0))
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_finite_difference_restarts_equal_sequential_ones(float64, scheme):
+    """The batched finite-difference route: the same calibrated step, and the same images
+    as the sequential route (the difference quotient amplifies rounding, so distances agree
+    to 1e-12 rather than 1e-9 of the exact route's test)."""
+    torch.manual_seed(0)
+    observation, labels = observe(LeNet(10, (3, 16, 16), width=8), k=2)
+    attack = ig(iterations=6, restarts=3, image_gradient=FiniteDifference(scheme))
+    sequential = attack.reconstruct(observation, labels, seed=3)
+    batched = reconstruct_batched(attack, observation, labels, seed=3)
+    torch.testing.assert_close(batched.images, sequential.images, rtol=0, atol=1e-9)
+    assert batched.restart_distances == pytest.approx(sequential.restart_distances, rel=1e-12)
+    assert batched.history == pytest.approx(sequential.history, rel=1e-12)
+    assert batched.best_restart == sequential.best_restart
+    assert (batched.iterations, batched.evaluations) == (sequential.iterations, sequential.evaluations)
+    assert batched.image_gradient_step == sequential.image_gradient_step is not None
+    assert batched.image_gradient_agreement == pytest.approx(sequential.image_gradient_agreement)
+    assert batched.image_gradient_agreement > 0.999
+    # The route really is the difference quotient: close to the double backward's gradient, not equal.
+    model, target, _ = attack.prepare(observation)
+    images = torch.rand(3, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    approximate = BatchedFiniteDifference(model, target, attack.distance, attack.priors, attack.image_gradient)(images, labels)
+    exact = BatchedObjective(model, target, attack.distance, attack.priors)(images, labels)
+    torch.testing.assert_close(approximate[1:], exact[1:], rtol=1e-12, atol=0)  # totals, distances
+    cosine = torch.nn.functional.cosine_similarity(approximate[0].flatten(1), exact[0].flatten(1), dim=1)
+    assert bool((cosine > 0.99999).all()) and not torch.equal(approximate[0], exact[0]), cosine
+
+
+def test_finite_difference_restarts_on_batch_norm(float64):
+    torch.manual_seed(2)
+    model = ResNet18(10, (3, 8, 8), width=4, activation_fn="sigmoid")
+    observation, labels = observe(model, k=2, pixels=8)
+    attack = ig(iterations=3, restarts=2, image_gradient=FiniteDifference())
+    sequential = attack.reconstruct(observation, labels, seed=0)
+    batched = reconstruct_batched(attack, observation, labels, seed=0)
+    torch.testing.assert_close(batched.images, sequential.images, rtol=0, atol=1e-9)
+    assert batched.restart_distances == pytest.approx(sequential.restart_distances, rel=1e-12)
+
+
+def test_finite_difference_restarts_refuse_kinks():
+    torch.manual_seed(0)
+    observation, labels = observe(LeNet(10, (3, 16, 16), width=8, activation_fn="relu"), k=1)
+    attack = ig(iterations=1, restarts=2, image_gradient=FiniteDifference())
+    with pytest.raises(DeepleakError, match="smooth victim.*batched_restarts=false"):
+        reconstruct_batched(attack, observation, labels)
+    assert attack.reconstruct(observation, labels).iterations == 2  # sequentially its kinks are frozen
 
 
 def test_diverging_restarts_are_frozen_like_sequential_ones(float64):

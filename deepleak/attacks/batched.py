@@ -21,6 +21,15 @@ their own (snapshots). Batch norm in train mode runs on
 batch statistics of each restart's own K images; its running statistics (which a train-mode
 forward pass would update, and which vmap cannot update in place) are dropped from the
 attacker's copy: they never enter a train-mode output.
+
+With ``attack/image_gradient=finite_difference`` (:class:`BatchedFiniteDifference`) the
+image gradient of each restart is the difference of two first-order input gradients, at
+theta and at theta + e_r u_r (u_r = dD/dg of restart r, e_r its own step), instead of the
+double backward: the same formula as the sequential route, calibrated by the same check
+before the first step, and with the same result to the float rounding the difference
+quotient amplifies. Its victims must be smooth: the ReLU and max-pool kinks that the
+sequential route freezes between its passes cannot be recorded under vmap, so they are
+refused.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
+from deepleak.attacks.second_order import FiniteDifference, norm
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation
 
@@ -59,8 +69,11 @@ def check_batchable(attack) -> None:
         raise DeepleakError("batched restarts do not support group consistency (attack.group); run them sequentially")
     if getattr(attack, "optimises_labels", False):
         raise DeepleakError("batched restarts do not support attacks that optimise the labels; run them sequentially")
-    if not getattr(getattr(attack, "image_gradient", None), "exact", True):
-        raise DeepleakError("batched restarts use the exact double backward; set attack/image_gradient=double_backward")
+    route = getattr(attack, "image_gradient", None)
+    if not getattr(route, "exact", True) and not isinstance(route, FiniteDifference):
+        raise DeepleakError(
+            f"batched restarts support the double_backward and finite_difference image gradients, not {type(route).__name__}"
+        )
     if not hasattr(attack.distance, "functional"):
         raise DeepleakError(
             f"batched restarts need a distance with a functional form; {type(attack.distance).__name__} has none"
@@ -88,7 +101,7 @@ def drop_train_bn_statistics(model: nn.Module) -> nn.Module:
 
 
 class BatchedObjective:
-    """The attack's objective over R restarts at once.
+    """The attack's objective over R restarts at once, its image gradient by the double backward.
 
     ``__call__(images (R, K, C, H, W), labels)`` returns (image gradient (R, K, C, H, W),
     total (R,), distance (R,)); ``distance(images, labels)`` the distance (R,) without priors.
@@ -101,24 +114,26 @@ class BatchedObjective:
         self.target = target
         self.distance_fn = distance.functional
         self.priors = list(priors.values())
+        self._step = vmap(grad_and_value(self._objective, has_aux=True), in_dims=(0, None))
+        self._distance = vmap(self._matching, in_dims=(0, None))
 
-        def matching(images, labels):
-            def loss(params):
-                logits = functional_call(self.model, (params, self.buffers), (images,))
-                return F.cross_entropy(logits, labels)
+    def _loss(self, params, images, labels):
+        """The victim's loss of one restart's K images at ``params``."""
+        return F.cross_entropy(functional_call(self.model, (params, self.buffers), (images,)), labels)
 
-            candidate = grad(loss)(self.params)
-            return self.distance_fn([candidate[name] for name in self.params], self.target)
+    def _matching(self, images, labels):
+        candidate = grad(self._loss)(self.params, images, labels)
+        return self.distance_fn([candidate[name] for name in self.params], self.target)
 
-        def objective(images, labels):
-            value = matching(images, labels)
-            total = value
-            for prior in self.priors:
-                total = total + prior(images)
-            return total, value
+    def _prior(self, images):
+        total = 0.0
+        for prior in self.priors:
+            total = total + prior(images)
+        return total
 
-        self._step = vmap(grad_and_value(objective, has_aux=True), in_dims=(0, None))
-        self._distance = vmap(matching, in_dims=(0, None))
+    def _objective(self, images, labels):
+        value = self._matching(images, labels)
+        return value + self._prior(images), value
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         gradient, (total, distance) = self._step(images, labels)
@@ -126,6 +141,60 @@ class BatchedObjective:
 
     def distance(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self._distance(images, labels)
+
+
+class BatchedFiniteDifference(BatchedObjective):
+    """The attack's objective over R restarts at once, each restart's image gradient by
+    ``route`` (a calibrated :class:`~deepleak.attacks.second_order.FiniteDifference`):
+
+        u_r = dD/dg at g_r = grad_theta L(x_r; theta),   e_r = step ||theta|| / ||u_r||
+        forward:  (grad_x L(x_r; theta + e_r u_r) - grad_x L(x_r; theta)) / e_r
+        central:  (grad_x L(x_r; theta + e_r u_r) - grad_x L(x_r; theta - e_r u_r)) / (2 e_r)
+
+    Two (three) first-order passes over all R x K images instead of the double backward."""
+
+    def __init__(self, model: nn.Module, target: list[torch.Tensor], distance, priors, route: FiniteDifference) -> None:
+        super().__init__(model, target, distance, priors)
+        self.route = route
+        self.theta_norm = float(norm(list(self.params.values()))) or 1.0
+        self._at_theta = vmap(self._first_pass, in_dims=(0, None))
+        self._moved = vmap(grad(self._loss, argnums=1), in_dims=(0, 0, None))
+        self._prior_step = vmap(grad_and_value(self._prior)) if self.priors else None
+
+    def _first_pass(self, images, labels):
+        """(grad_x L, dD/dg as {name: tensor}, D) of one restart at theta."""
+        params, inputs = grad(self._loss, argnums=(0, 1))(self.params, images, labels)
+        names = list(self.params)
+        direction, value = grad_and_value(self.distance_fn)([params[name] for name in names], self.target)
+        return inputs, dict(zip(names, direction)), value
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
+        inputs, direction, distance = self._at_theta(images, labels)
+        u_norm = torch.stack([u.flatten(1).norm(dim=1) for u in direction.values()]).norm(dim=0)  # (R,)
+        usable = (u_norm > 0) & torch.isfinite(u_norm)
+        e = torch.where(usable, self.route.current_step * self.theta_norm / u_norm, torch.ones_like(u_norm))
+
+        def moved(sign: float) -> torch.Tensor:
+            params = {name: self.params[name] + sign * _per_restart(e, u) * u for name, u in direction.items()}
+            return self._moved(params, images, labels)
+
+        if self.route.scheme == "forward":
+            gradient = (moved(1.0) - inputs) / _per_restart(e, inputs)
+        else:
+            gradient = (moved(1.0) - moved(-1.0)) / _per_restart(2 * e, inputs)
+        # A stationary distance has no image gradient; a non-finite one is caught by the loop.
+        stationary = torch.where(torch.isfinite(u_norm), torch.zeros_like(u_norm), torch.full_like(u_norm, math.nan))
+        gradient = torch.where(_per_restart(usable, gradient), gradient, _per_restart(stationary, gradient))
+        total = distance
+        if self._prior_step is not None:
+            prior_gradient, prior = self._prior_step(images)
+            gradient, total = gradient + prior_gradient, total + prior
+        return gradient, total, distance
+
+
+def _per_restart(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(R,) values shaped to broadcast over ``like`` (R, ...)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, seed: int = 0):
@@ -149,7 +218,18 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
     cap = getattr(attack, "max_evaluations", None)
     steps = attack.iterations if cap is None else max(1, min(attack.iterations, cap // restarts))
     scheduler = attack.scheduler(optimizer, steps) if attack.scheduler else None
-    objective = BatchedObjective(model, target, attack.distance, attack.priors)
+    route = attack.image_gradient
+    if route.exact:
+        objective, agreement = BatchedObjective(model, target, attack.distance, attack.priors), None
+    else:
+        if getattr(model, "_deepleak_kinks", None) is not None:
+            raise DeepleakError(
+                f"batched restarts with attack/image_gradient=finite_difference need a smooth victim, and {type(model).__name__} "
+                f"has ReLU or max-pooling kinks (frozen between the passes only when restarts run one after another); "
+                f"set attack.batched_restarts=false"
+            )
+        agreement = attack.check_image_gradient(model, labels, target, observation, seed, device)
+        objective = BatchedFiniteDifference(model, target, attack.distance, attack.priors, route)
 
     start = time.perf_counter()
     deadline = start + attack.budget_s if attack.budget_s else math.inf
@@ -213,4 +293,6 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
         stopped_by_budget=stopped,
         interrupted=interrupted,
         history=[float(v) for v in curve[: done_list[best], best]],
+        image_gradient_agreement=agreement,
+        image_gradient_step=None if agreement is None else route.current_step,
     )

@@ -225,14 +225,7 @@ class GradientInversion:
         cap = self.max_evaluations // self.restarts if self.max_evaluations is not None else None
 
         inactive = attach_priors(self.priors, model)
-        agreement = None
-        if not self.image_gradient.exact:
-            # Before any work: refuse a victim on which finite differences are meaningless.
-            check = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
-            check_vars = self.label_variables(labels, observation.recipe.num_classes, 1, check, device)
-            variables = [torch.rand(shape[1:], generator=check).to(device)] + ([] if check_vars is None else [check_vars[0]])
-            agreement, step = self.image_gradient.check(model, variables, self._loss(labels), self.distance, target)
-            log.info("finite-difference image gradient: step %.2g, cosine %.6f to the exact one", step, agreement)
+        agreement = self.check_image_gradient(model, labels, target, observation, seed, device)
         best = None
         distances: list[float] = []
         evaluations = nonfinite = iterations_done = 0
@@ -281,6 +274,21 @@ class GradientInversion:
             image_gradient_agreement=agreement,
             image_gradient_step=None if agreement is None else self.image_gradient.current_step,
         )
+
+    def check_image_gradient(self, model, labels, target, observation: Observation, seed: int, device) -> float | None:
+        """The finite-difference route's start-up check (None for the exact route): calibrate
+        its step against the exact image gradient on a random draw of its own, and refuse a
+        victim on which finite differences are meaningless, before any work. Returns the
+        agreement (cosine)."""
+        if self.image_gradient.exact:
+            return None
+        check = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
+        check_vars = self.label_variables(labels, observation.recipe.num_classes, 1, check, device)
+        variables = ([torch.rand(len(labels), *observation.recipe.image_shape, generator=check).to(device)]
+                     + ([] if check_vars is None else [check_vars[0]]))
+        agreement, step = self.image_gradient.check(model, variables, self._loss(labels), self.distance, target)
+        log.info("finite-difference image gradient: step %.2g, cosine %.6f to the exact one", step, agreement)
+        return agreement
 
     def _loss(self, labels: torch.Tensor):
         """loss(forward, [images, label variables?]): the victim's loss, as the
