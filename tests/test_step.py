@@ -134,3 +134,9 @@ def test_total_variation_closed_form_matches_autograd_and_vmap():
     assert torch.allclose(closed, plain, rtol=1e-12, atol=1e-15)
     batched = vmap(grad(tv))(x.detach().unsqueeze(1).expand(3, 2, 3, 9, 7).contiguous())
     assert torch.allclose(batched[0, 0], grad(tv.functional)(x.detach()[0:2])[0], rtol=1e-12, atol=1e-15)
+    # The graph-free pair the finite-difference route adds directly.
+    direct_value, direct_gradient = tv.value_and_gradient(x)
+    assert direct_value.grad_fn is None and not direct_gradient.requires_grad
+    assert torch.allclose(direct_value, value.detach(), rtol=1e-14)
+    assert torch.allclose(direct_gradient, plain, rtol=1e-12, atol=1e-15)
+    assert float(direct_gradient.abs().sum()) > 0

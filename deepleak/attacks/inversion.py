@@ -306,14 +306,21 @@ class GradientInversion:
             return total.detach(), [float(d.detach()) for d in distances], list(torch.autograd.grad(total, variables))
         loss = self._loss(labels)
         # Priors that read the model's activations run after the pass at theta; priors of the
-        # images alone ride in the finite-difference passes (no backward pass of their own).
+        # images alone add their closed-form gradient (TV) or else ride in the finite-difference
+        # passes (no backward pass of their own either way).
         reads_model = {name: hasattr(prior, "attach") for name, prior in self.priors.items()}
+        closed = [prior for name, prior in self.priors.items() if not reads_model[name] and hasattr(prior, "value_and_gradient")]
         extra = self._prior_sum([n for n, r in reads_model.items() if r])
-        image_extra = self._prior_sum([n for n, r in reads_model.items() if not r])
+        image_extra = self._prior_sum([n for n, r in reads_model.items()
+                                       if not r and not hasattr(self.priors[n], "value_and_gradient")])
         total, distances, per_member = 0.0, [], []
         for g in range(images.shape[0]):
             distance, prior, member_gradients = self.image_gradient.value_and_gradient(
                 model, [v[g] for v in variables], loss, self.distance, target, extra, image_extra)
+            for closed_form in closed:
+                value, gradient = closed_form.value_and_gradient(images[g].detach())
+                member_gradients[0].add_(gradient)
+                prior += float(value)
             per_member.append(member_gradients)
             total += distance + prior
             distances.append(distance)

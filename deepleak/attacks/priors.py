@@ -51,6 +51,16 @@ class TotalVariation:
         dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
         return self.weight * (dx + dy)
 
+    def value_and_gradient(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(value, image gradient) in closed form, without a graph: the finite-difference
+        route adds them to its own instead of differentiating the prior."""
+        with torch.no_grad():
+            dx = images[..., :, 1:] - images[..., :, :-1]
+            dy = images[..., 1:, :] - images[..., :-1, :]
+            ax, ay = self.weight / max(dx.numel(), 1), self.weight / max(dy.numel(), 1)
+            value = dx.abs().sum() * ax + dy.abs().sum() * ay
+            return value, _tv_gradient(dx.sign_(), dy.sign_(), ax, ay, images.shape)
+
 
 class _TotalVariation(torch.autograd.Function):
     """TV with its closed-form gradient: one node instead of a dozen, and no full-size zero
@@ -70,14 +80,19 @@ class _TotalVariation(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         sx, sy = ctx.saved_tensors
         ax, ay = ctx.scales
-        gx, gy = sx * (grad * ax), sy * (grad * ay)
-        out = sx.new_zeros(ctx.shape)
-        # In-place on the views (``out[...] += g`` would copy each slice back once more).
-        out[..., :, 1:].add_(gx)
-        out[..., :, :-1].sub_(gx)
-        out[..., 1:, :].add_(gy)
-        out[..., :-1, :].sub_(gy)
-        return out, None
+        return _tv_gradient(sx, sy, grad * ax, grad * ay, ctx.shape), None
+
+
+def _tv_gradient(sx: Tensor, sy: Tensor, ax: Tensor | float, ay: Tensor | float, shape: torch.Size) -> Tensor:
+    """TV's image gradient from the signs of the differences, each scaled (weight / count)."""
+    gx, gy = sx * ax, sy * ay
+    out = sx.new_zeros(shape)
+    # In-place on the views (``out[...] += g`` would copy each slice back once more).
+    out[..., :, 1:].add_(gx)
+    out[..., :, :-1].sub_(gx)
+    out[..., 1:, :].add_(gy)
+    out[..., :-1, :].sub_(gy)
+    return out
 
 
 class L2Norm:

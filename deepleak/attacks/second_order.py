@@ -28,7 +28,8 @@ to 0.99997 in float32); other kinks (LeakyReLU, SELU, hard activations) are refu
 
 What the passes skip: the moved pass points the model's own parameters at moved tensors and
 back (no functional call; theta is never written) and asks for no parameter gradient; a
-prior of the images alone (TV) rides in the moved pass; and the image-facing convolution's
+prior of the images alone rides in the moved pass (TV, with a closed-form gradient, is added
+directly by the caller); and the image-facing convolution's
 input gradient is left out of both passes and formed once from the two
 (:func:`deepleak.attacks.step.combine_deferred`).
 
@@ -153,7 +154,7 @@ class FiniteDifference:
 
         - ``extra(images)`` (priors that read the model's activations, the BN prior) runs
           right after the forward pass at theta; its gradient is a backward pass of its own.
-        - ``image_extra(images)`` (priors of the images alone, TV) rides in the passes at
+        - ``image_extra(images)`` (priors of the images alone without a closed-form gradient) rides in the passes at
           theta + a u as a * image_extra: the difference quotient turns that into exactly its
           gradient, so it costs no backward pass of its own.
 
