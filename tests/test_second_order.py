@@ -230,7 +230,8 @@ def test_refusals_and_bad_settings():
         lbfgs(2, image_gradient=FiniteDifference()).reconstruct(selu, labels)
 
 
-@pytest.mark.parametrize("extra", [[], ["model.activation_fn=relu"]], ids=["sigmoid", "relu-frozen-kinks"])
+@pytest.mark.parametrize("extra", [[], ["model.activation_fn=relu"], ["attack=ig", "attack.batched_restarts=true", "attack.restarts=2"]],
+                         ids=["sigmoid", "relu-frozen-kinks", "batched-restarts"])
 def test_cli_option_runs_and_records_the_agreement(deepleak, tmp_path, extra):
     import json
 
