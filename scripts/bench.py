@@ -13,7 +13,8 @@ like on a shared machine:
   2. deepleak's Inverting Gradients attack (``attack=ig``: 1 - cosine + TV, Adam on signed
      gradients, box, step decay; one restart), timed through the public
      ``GradientInversion.reconstruct`` at two iteration counts and differenced, so model
-     copy and scoring cancel out;
+     copy and scoring cancel out; and the same with the fast opt-in settings (FD column):
+     ``attack/image_gradient=finite_difference attack.conv_kernels=auto``;
   3. breaching 0.1.2's optimisation-based attacker with its ``invertinggradients`` config,
      driven with our model, our shared gradient and the same labels (its data and model
      downloads are never touched), timed the same way through its trial loop.
@@ -156,11 +157,14 @@ def plain_runner(observation, labels, images) -> Callable[[int], None]:
 
 
 def deepleak_runner(observation, labels, finite_difference: bool = False) -> Callable[[int], None]:
-    """n steps of deepleak's ig attack; ``finite_difference``: with the forward-difference image
-    gradient (raises DeepleakError on a victim it refuses, e.g. SELU)."""
+    """n steps of deepleak's ig attack; ``finite_difference``: the fast opt-in settings, the
+    forward-difference image gradient and ``conv_kernels=auto`` (raises DeepleakError on a
+    victim it refuses, e.g. SELU)."""
     from deepleak.attacks.second_order import FiniteDifference
 
     attack = ig_attack(1, image_gradient=FiniteDifference() if finite_difference else None)
+    if finite_difference:
+        attack.conv_kernels = "auto"
     if finite_difference:
         attack.reconstruct(observation, labels, seed=0)  # the self-check refuses a victim with unfrozen kinks here
     elif not fast_path_integrated(attack, observation):

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from deepleak.attacks.batched import check_batchable, reconstruct_batched
 from deepleak.attacks.group import GroupConsistency
+from deepleak.attacks.kernels import check_choice, choose, conv_kernels
 from deepleak.attacks.priors import attach_priors, detach_priors
 from deepleak.attacks.second_order import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference
 from deepleak.errors import DeepleakError
@@ -67,6 +68,7 @@ class Reconstruction:
     prior_values: dict[str, float] = field(default_factory=dict)
     image_gradient_agreement: float | None = None  # finite differences: cosine to the exact route at the start
     image_gradient_step: float | None = None  # finite differences: the (calibrated) relative step
+    conv_kernels: str | None = None  # attack.conv_kernels other than onednn: the CPU kernels the restarts ran on
 
 
 def check_loop_settings(iterations: int, restarts: int, budget_s: float | None) -> None:
@@ -129,8 +131,10 @@ class GradientInversion:
         max_evaluations: int | None = None,
         batched_restarts: bool = False,
         image_gradient: DoubleBackward | FiniteDifference | None = None,
+        conv_kernels: str = "onednn",
     ) -> None:
         check_loop_settings(iterations, restarts, budget_s)
+        self.conv_kernels = check_choice(conv_kernels)
         members = group.size if group is not None else 1
         if max_evaluations is not None and max_evaluations < restarts * members:
             raise DeepleakError(
@@ -213,8 +217,10 @@ class GradientInversion:
     def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> Reconstruction:
         """Reconstruct the K images behind ``observation`` given K ``labels``."""
         if self.batched_restarts:
-            # All restarts as one vmapped computation (same result as the loop below).
-            return reconstruct_batched(self, observation, labels, seed)
+            # All restarts as one vmapped computation (same result as the loop below). Its
+            # batches are R x K images, oneDNN's strength: auto keeps it without timing.
+            with conv_kernels(self.conv_kernels):
+                return reconstruct_batched(self, observation, labels, seed)
         model, target, device = self.prepare(observation)
         labels = labels.to(device)
         members = self.group.size if self.group is not None else 1
@@ -226,29 +232,31 @@ class GradientInversion:
 
         inactive = attach_priors(self.priors, model)
         agreement = self.check_image_gradient(model, labels, target, observation, seed, device)
+        kernels = self.choose_kernels(model, labels, target, observation, seed, device)
         best = None
         distances: list[float] = []
         evaluations = nonfinite = iterations_done = 0
         stopped = capped = interrupted = False
         try:
-            for restart in range(self.restarts):
-                if interrupted:
-                    break
-                if time.perf_counter() >= deadline:
-                    stopped = True
-                    break
-                images = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
-                label_vars = self.label_variables(labels, observation.recipe.num_classes, members, generator, device)
-                result = self._run_restart(model, images, label_vars, labels, target, deadline, cap, restart)
-                interrupted = result["interrupted"]
-                evaluations += result["evaluations"]
-                iterations_done += result["iterations"]
-                stopped = stopped or result["stopped"]
-                capped = capped or result["capped"]
-                nonfinite += int(result["nonfinite"])
-                distances.append(result["distance"])
-                if best is None or result["distance"] < best["distance"]:
-                    best = {**result, "restart": restart}
+            with conv_kernels(kernels):
+                for restart in range(self.restarts):
+                    if interrupted:
+                        break
+                    if time.perf_counter() >= deadline:
+                        stopped = True
+                        break
+                    images = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
+                    label_vars = self.label_variables(labels, observation.recipe.num_classes, members, generator, device)
+                    result = self._run_restart(model, images, label_vars, labels, target, deadline, cap, restart)
+                    interrupted = result["interrupted"]
+                    evaluations += result["evaluations"]
+                    iterations_done += result["iterations"]
+                    stopped = stopped or result["stopped"]
+                    capped = capped or result["capped"]
+                    nonfinite += int(result["nonfinite"])
+                    distances.append(result["distance"])
+                    if best is None or result["distance"] < best["distance"]:
+                        best = {**result, "restart": restart}
         finally:
             detach_priors(self.priors)
         assert best is not None
@@ -273,6 +281,7 @@ class GradientInversion:
             prior_values=best["prior_values"],
             image_gradient_agreement=agreement,
             image_gradient_step=None if agreement is None else self.image_gradient.current_step,
+            conv_kernels=None if self.conv_kernels == "onednn" else kernels,
         )
 
     def check_image_gradient(self, model, labels, target, observation: Observation, seed: int, device) -> float | None:
@@ -289,6 +298,24 @@ class GradientInversion:
         agreement, step = self.image_gradient.check(model, variables, self._loss(labels), self.distance, target)
         log.info("finite-difference image gradient: step %.2g, cosine %.6f to the exact one", step, agreement)
         return agreement
+
+    def choose_kernels(self, model, labels, target, observation: Observation, seed: int, device) -> str:
+        """The CPU convolution kernels the restarts run on (:mod:`deepleak.attacks.kernels`):
+        ``conv_kernels`` itself, or for ``auto`` the faster for one evaluation of this attack
+        on a random draw of its own (the restarts' random stream is untouched)."""
+        def evaluate() -> None:
+            generator = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
+            members = self.group.size if self.group is not None else 1
+            images = torch.rand(members, len(labels), *observation.recipe.image_shape, generator=generator)
+            images = images.to(device).requires_grad_(True)
+            label_vars = self.label_variables(labels, observation.recipe.num_classes, members, generator, device)
+            anchor = self.group.anchor(images) if self.group is not None else None
+            self._evaluate(model, images, label_vars, labels, target, anchor)
+
+        kernels = choose(self.conv_kernels, evaluate, device)
+        if self.conv_kernels == "auto":
+            log.info("conv_kernels=auto: convolutions on %s kernels", kernels)
+        return kernels
 
     def _loss(self, labels: torch.Tensor):
         """loss(forward, [images, label variables?]): the victim's loss, as the

@@ -150,6 +150,8 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         if reconstruction.image_gradient_agreement is not None:
             record["image_gradient_agreement"] = reconstruction.image_gradient_agreement
             record["image_gradient_step"] = reconstruction.image_gradient_step
+        if getattr(reconstruction, "conv_kernels", None) is not None:
+            record["conv_kernels"] = reconstruction.conv_kernels
         if reconstruction.member_distances:
             record["member_distances"] = reconstruction.member_distances
         epoch_images = getattr(reconstruction, "epoch_images", None)

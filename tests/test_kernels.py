@@ -1,0 +1,95 @@
+"""attack.conv_kernels: which CPU convolution kernels the restarts run on."""
+
+import functools
+import time
+
+import pytest
+import torch
+
+from deepleak.attacks import GradientInversion
+from deepleak.attacks.distances import Cosine
+from deepleak.attacks.kernels import TUNE_MAX_S, check_choice, choose, conv_kernels
+from deepleak.attacks.priors import TotalVariation
+from deepleak.errors import DeepleakError
+from deepleak.models import LeNet
+from deepleak.scenarios import FedSGD, PrivateBatch
+
+CPU = torch.device("cpu")
+
+
+def test_native_turns_onednn_off_inside_only():
+    before = torch.backends.mkldnn.enabled
+    with conv_kernels("native"):
+        assert torch.backends.mkldnn.enabled is False
+    assert torch.backends.mkldnn.enabled == before
+    with conv_kernels("onednn"):
+        assert torch.backends.mkldnn.enabled == before
+
+
+def test_bad_choice_is_one_clear_error():
+    with pytest.raises(DeepleakError, match="conv_kernels must be one of"):
+        check_choice("fast")
+    with pytest.raises(DeepleakError, match="conv_kernels"):
+        GradientInversion(Cosine(), torch.optim.Adam, conv_kernels="mkl")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("slow", ["onednn", "native"])
+def test_auto_keeps_the_faster(slow):
+    calls = []
+
+    def evaluate():
+        current = "onednn" if torch.backends.mkldnn.enabled else "native"
+        calls.append(current)
+        time.sleep(0.004 if current == slow else 0.0005)
+
+    chosen = choose("auto", evaluate, CPU)
+    assert chosen != slow
+    assert calls.count("native") >= 3 and calls.count("onednn") >= 3
+    assert choose("native", evaluate, CPU) == "native" and choose("onednn", evaluate, CPU) == "onednn"
+    assert choose("auto", evaluate, torch.device("cuda")) == "onednn"  # nothing to choose on a GPU
+
+
+def test_auto_does_not_time_native_kernels_on_a_slow_evaluation():
+    calls = []
+
+    def evaluate():
+        calls.append(torch.backends.mkldnn.enabled)
+        time.sleep(TUNE_MAX_S * 1.2)
+
+    assert choose("auto", evaluate, CPU) == "onednn"
+    assert all(calls) and len(calls) == 2
+
+
+def observe():
+    torch.manual_seed(0)
+    model = LeNet(10, (3, 16, 16), width=8)
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    labels = torch.tensor([3])
+    return FedSGD().observe(model, PrivateBatch(images, labels), 10), labels
+
+
+def test_native_kernels_give_the_same_reconstruction_and_are_recorded():
+    observation, labels = observe()
+    attack = functools.partial(GradientInversion, Cosine(), functools.partial(torch.optim.Adam, lr=0.1),
+                               priors={"tv": TotalVariation(1e-4)}, iterations=5, restarts=2, signed=False)
+    default = attack().reconstruct(observation, labels)
+    native = attack(conv_kernels="native").reconstruct(observation, labels)
+    auto = attack(conv_kernels="auto").reconstruct(observation, labels)
+    assert default.conv_kernels is None and native.conv_kernels == "native" and auto.conv_kernels in ("onednn", "native")
+    # Different kernels, the same arithmetic up to float rounding.
+    torch.testing.assert_close(native.images, default.images, rtol=0, atol=1e-4)
+    assert native.restart_distances == pytest.approx(default.restart_distances, rel=1e-3)
+    assert auto.history == pytest.approx(default.history, rel=1e-3)
+
+
+def test_cli_records_the_choice_and_refuses_a_typo(deepleak, tmp_path):
+    import json
+
+    done = deepleak("attack", "attack=ig", "attack.conv_kernels=native", "attack.iterations=2", "attack.restarts=1", "trials=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (metrics,) = list((tmp_path / "outputs").rglob("metrics.json"))
+    assert json.loads(metrics.read_text())["per_trial"][0]["conv_kernels"] == "native"
+    bad = deepleak("attack", "attack=ig", "attack.conv_kernels=fast", "attack.iterations=2")
+    assert bad.returncode != 0 and "conv_kernels must be one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
