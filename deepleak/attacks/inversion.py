@@ -106,8 +106,8 @@ class GradientInversion:
       (:mod:`deepleak.attacks.batched`; elementwise optimisers, no group, no BN prior).
     - ``image_gradient``: how the step differentiates the gradient distance with respect to
       the images (:mod:`deepleak.attacks.second_order`): the exact double backward (default)
-      or finite differences of first-order input gradients (ReLU and max-pool kinks frozen; 2.2-2.9x a
-      training step instead of 3.2-4.4x).
+      or finite differences of first-order input gradients (ReLU and max-pool kinks frozen; 1.8-2.8x a
+      training step instead of 3.3-4.4x).
 
     When the budget or the cap cuts a step short (inside an L-BFGS line search), the step is
     undone: the restart keeps the iterate it started the step from.

@@ -16,8 +16,8 @@ mixed second derivative:
       central:  (grad_v L(v; theta + e u) - grad_v L(v; theta - e u)) / (2 e)
 
   with e = ``step`` * ||theta|| / ||u||. A forward step costs a training step plus one more
-  forward and input-only backward (a whole attack step measured 2.2-2.9x a training step,
-  against 3.2-4.4x with the double backward, ``scripts/bench.py``); the central one a forward
+  forward and input-only backward (a whole attack step measured 1.8-2.8x a training step,
+  against 3.3-4.4x with the double backward, ``scripts/bench.py``); the central one a forward
   and backward more, and it is about 100x more accurate.
 
 Kinks: across a ReLU's kink or a max-pool's change of winner the input gradient jumps, and a
