@@ -94,8 +94,20 @@ def test_direction_is_the_value_and_gradient_without_a_graph(distance):
     assert norm == pytest.approx(float(torch.sqrt(sum((g * g).sum() for g in gradient))), rel=1e-9)
 
 
-def test_cosine_direction_declines_when_the_norm_would_cancel():
+def test_cosine_direction_near_parallel_is_formed_as_a_vector_or_declined(layout):
+    """Near convergence the scalar norm would cancel: the direction is then formed as one
+    vector (as the distance's backward forms it), or, for layers too large to flatten,
+    declined (the caller differentiates the distance)."""
     target = tensors(1)
-    almost = [t * 2 + 1e-9 * torch.randn_like(t) for t in target]  # parallel to the target
-    assert Cosine().direction(almost, target) is None
-    assert Cosine().direction(tensors(0), target) is not None
+    almost = [(t * 2 + 1e-9 * torch.randn_like(t)).requires_grad_(True) for t in target]  # parallel to the target
+    if "per-layer" in layout:
+        assert Cosine().direction([a.detach() for a in almost], target) is None
+        return
+    value, parts, norm = Cosine().direction([a.detach() for a in almost], target)
+    assert len(parts) == 1 and parts[0][0] == 1.0  # the vector form, not the scalar one
+    expected = torch.autograd.grad(Cosine()(almost, target), almost)
+    for got, want in zip(parts[0][1], expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+    assert norm == pytest.approx(float(torch.sqrt(sum((g * g).sum() for g in expected))), rel=1e-9)
+    assert norm > 0
+    assert len(Cosine().direction(tensors(0), target)[1]) == 2  # far from parallel: the scalar form

@@ -233,9 +233,12 @@ class Cosine:
         return _CosineFunction.apply(len(candidate), target_norm, self.eps, *candidate, *target)
 
     def direction(self, candidate: Sequence[Tensor], target: Sequence[Tensor]) -> Direction | None:
-        """(D, dD/dc = a t + b c as [(b, c), (a, t)], ||dD/dc||); no graph. None when the norm
-        from the scalars would lose its digits to cancellation (a candidate almost parallel
-        to the target): the caller then differentiates the distance itself."""
+        """(D, dD/dc = a t + b c as [(b, c), (a, t)], ||dD/dc||); no graph. When the norm from
+        the scalars would lose its digits to cancellation (a candidate almost parallel to the
+        target, as near convergence), dD/dc is formed as one vector and its norm taken
+        directly (layers up to FLAT_MAX parameters), or None: the caller then differentiates
+        the distance itself."""
+        flat = None
         with torch.no_grad():
             if sum(c.numel() for c in candidate) <= FLAT_MAX:
                 target_flat, target_norm = self._target.get(target, lambda t: (_flat(t), torch.linalg.vector_norm(_flat(t))))
@@ -250,7 +253,13 @@ class Cosine:
         parts = (a * norm) ** 2 + (b * candidate_norm) ** 2
         squared = parts + 2 * a * b * dot
         if not squared > 1e-4 * parts:
-            return None
+            if flat is None:
+                return None
+            with torch.no_grad():
+                # The same expression as the distance's backward (_CosineFlat), without a graph.
+                gradient = flat.mul_(b).add_(target_flat, alpha=a)
+            return 1 - dot / denominator, [(1.0, _unflat(gradient, [c.shape for c in candidate]))], float(
+                torch.linalg.vector_norm(gradient))
         return 1 - dot / denominator, [(b, candidate), (a, target)], squared**0.5
 
     def functional(self, candidate: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
