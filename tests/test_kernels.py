@@ -50,6 +50,25 @@ def test_auto_keeps_the_faster(slow):
     assert choose("auto", evaluate, torch.device("cuda")) == "onednn"  # nothing to choose on a GPU
 
 
+def test_channels_last_puts_the_model_in_that_layout_and_auto_times_it():
+    model = LeNet(10, (3, 16, 16), width=8)
+    weight = model.body[0].weight
+    with conv_kernels("channels_last", model):
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    with conv_kernels("onednn", model):
+        assert weight.is_contiguous()
+    seen = []
+
+    def evaluate():
+        layout = "channels_last" if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous() else "nchw"
+        seen.append((layout, torch.backends.mkldnn.enabled))
+        time.sleep(0.0005 if layout == "channels_last" else 0.003)
+
+    if torch.backends.mkldnn.is_available():
+        assert choose("auto", evaluate, CPU, model) == "channels_last"
+        assert {("channels_last", True), ("nchw", True), ("nchw", False)} == set(seen)
+
+
 def test_auto_does_not_time_native_kernels_on_a_slow_evaluation():
     calls = []
 
@@ -69,18 +88,30 @@ def observe():
     return FedSGD().observe(model, PrivateBatch(images, labels), 10), labels
 
 
-def test_native_kernels_give_the_same_reconstruction_and_are_recorded():
+@pytest.mark.parametrize("route", [None, "finite_difference"])
+def test_other_kernels_give_the_same_reconstruction_and_are_recorded(route, request):
+    from deepleak.attacks.second_order import FiniteDifference
+
+    if route:
+        # A difference quotient amplifies the kernels' rounding differences (float32 ~1e-7)
+        # by 1 / step: compare its arithmetic in float64.
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        request.addfinalizer(lambda: torch.set_default_dtype(previous))
     observation, labels = observe()
     attack = functools.partial(GradientInversion, Cosine(), functools.partial(torch.optim.Adam, lr=0.1),
-                               priors={"tv": TotalVariation(1e-4)}, iterations=5, restarts=2, signed=False)
+                               priors={"tv": TotalVariation(1e-4)}, iterations=5, restarts=2, signed=False,
+                               image_gradient=FiniteDifference(step=1e-5) if route else None)
     default = attack().reconstruct(observation, labels)
-    native = attack(conv_kernels="native").reconstruct(observation, labels)
     auto = attack(conv_kernels="auto").reconstruct(observation, labels)
-    assert default.conv_kernels is None and native.conv_kernels == "native" and auto.conv_kernels in ("onednn", "native")
-    # Different kernels, the same arithmetic up to float rounding.
-    torch.testing.assert_close(native.images, default.images, rtol=0, atol=1e-4)
-    assert native.restart_distances == pytest.approx(default.restart_distances, rel=1e-3)
+    assert default.conv_kernels is None and auto.conv_kernels in ("onednn", "channels_last", "native")
     assert auto.history == pytest.approx(default.history, rel=1e-3)
+    for choice in ("native", "channels_last"):
+        other = attack(conv_kernels=choice).reconstruct(observation, labels)
+        assert other.conv_kernels == choice
+        # Different kernels or layout, the same arithmetic up to float rounding.
+        torch.testing.assert_close(other.images, default.images, rtol=0, atol=1e-4)
+        assert other.restart_distances == pytest.approx(default.restart_distances, rel=1e-3)
 
 
 def test_cli_records_the_choice_and_refuses_a_typo(deepleak, tmp_path):

@@ -218,7 +218,8 @@ class GradientInversion:
         """Reconstruct the K images behind ``observation`` given K ``labels``."""
         if self.batched_restarts:
             # All restarts as one vmapped computation (same result as the loop below). Its
-            # batches are R x K images, oneDNN's strength: auto keeps it without timing.
+            # batches are R x K images, oneDNN's strength: auto keeps it without timing, and
+            # the model's layout is left as it is.
             with conv_kernels(self.conv_kernels):
                 return reconstruct_batched(self, observation, labels, seed)
         model, target, device = self.prepare(observation)
@@ -238,7 +239,7 @@ class GradientInversion:
         evaluations = nonfinite = iterations_done = 0
         stopped = capped = interrupted = False
         try:
-            with conv_kernels(kernels):
+            with conv_kernels(kernels, model):
                 for restart in range(self.restarts):
                     if interrupted:
                         break
@@ -312,7 +313,7 @@ class GradientInversion:
             anchor = self.group.anchor(images) if self.group is not None else None
             self._evaluate(model, images, label_vars, labels, target, anchor)
 
-        kernels = choose(self.conv_kernels, evaluate, device)
+        kernels = choose(self.conv_kernels, evaluate, device, model)
         if self.conv_kernels == "auto":
             log.info("conv_kernels=auto: convolutions on %s kernels", kernels)
         return kernels
