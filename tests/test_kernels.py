@@ -69,6 +69,15 @@ def test_channels_last_puts_the_model_in_that_layout_and_auto_times_it():
         assert {("channels_last", True), ("nchw", True), ("nchw", False)} == set(seen)
 
 
+def test_a_list_of_models_takes_the_layout_too():
+    """The snapshot attack's prepared model is one copy per segment."""
+    models = [LeNet(10, (3, 16, 16), width=8) for _ in range(2)]
+    with conv_kernels("channels_last", models):
+        assert all(not m.body[0].weight.is_contiguous() for m in models)
+    with conv_kernels("onednn", models):
+        assert all(m.body[0].weight.is_contiguous() for m in models)
+
+
 def test_auto_does_not_time_native_kernels_on_a_slow_evaluation():
     calls = []
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -49,11 +49,13 @@ def check_choice(value: str) -> str:
 
 
 @contextmanager
-def conv_kernels(choice: str, model: nn.Module | None = None) -> Iterator[None]:
+def conv_kernels(choice: str, model: nn.Module | Sequence[nn.Module] | None = None) -> Iterator[None]:
     """Run the CPU convolutions inside on ``choice``'s kernels (``onednn``: PyTorch's default),
-    with ``model`` (the attacker's copy, changed in place) in ``choice``'s memory layout."""
-    if model is not None:
-        model.to(memory_format=torch.channels_last if choice == "channels_last" else torch.contiguous_format)
+    with ``model`` (the attacker's copy, or copies, changed in place) in ``choice``'s memory
+    layout."""
+    layout = torch.channels_last if choice == "channels_last" else torch.contiguous_format
+    for module in [model] if isinstance(model, nn.Module) else (model or []):
+        module.to(memory_format=layout)
     if choice != "native":
         yield
         return
@@ -66,8 +68,8 @@ def conv_kernels(choice: str, model: nn.Module | None = None) -> Iterator[None]:
         torch.backends.mkldnn.enabled = previous
 
 
-def choose(setting: str, evaluate: Callable[[], object], device: torch.device, model: nn.Module | None = None,
-           repeats: int = 3) -> str:
+def choose(setting: str, evaluate: Callable[[], object], device: torch.device,
+           model: nn.Module | Sequence[nn.Module] | None = None, repeats: int = 3) -> str:
     """One of :data:`CANDIDATES`: ``setting`` itself, or for ``auto`` the one on which
     ``evaluate()`` runs fastest (medians of ``repeats`` interleaved wall-clock timings after a
     warm-up each; ``model``, the attacker's copy, is put in each one's layout in turn).
