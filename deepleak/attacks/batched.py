@@ -256,7 +256,7 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
             finite = torch.isfinite(total) & torch.isfinite(distance) & torch.isfinite(variables).flatten(1).all(dim=1)
             active = active & finite
             # Frozen restarts (diverged now or before) keep their last finite iterate.
-            keep = active.view(-1, *([1] * (variables.dim() - 1)))
+            keep = _per_restart(active, variables)
             variables.copy_(torch.where(keep, variables, last_finite))
             if attack.box:
                 variables.clamp_(0, 1)

@@ -292,10 +292,8 @@ class GradientInversion:
         agreement (cosine)."""
         if self.image_gradient.exact:
             return None
-        check = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
-        check_vars = self.label_variables(labels, observation.recipe.num_classes, 1, check, device)
-        variables = ([torch.rand(len(labels), *observation.recipe.image_shape, generator=check).to(device)]
-                     + ([] if check_vars is None else [check_vars[0]]))
+        images, label_vars = self._probe(labels, observation, 1, seed, device)
+        variables = [images[0]] + ([] if label_vars is None else [label_vars[0]])
         agreement, step = self.image_gradient.check(model, variables, self._loss(labels), self.distance, target)
         log.info("finite-difference image gradient: step %.2g, cosine %.6f to the exact one", step, agreement)
         return agreement
@@ -304,19 +302,23 @@ class GradientInversion:
         """The CPU convolution kernels the restarts run on (:mod:`deepleak.attacks.kernels`):
         ``conv_kernels`` itself, or for ``auto`` the faster for one evaluation of this attack
         on a random draw of its own (the restarts' random stream is untouched)."""
-        def evaluate() -> None:
-            generator = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
-            members = self.group.size if self.group is not None else 1
-            images = torch.rand(members, len(labels), *observation.recipe.image_shape, generator=generator)
-            images = images.to(device).requires_grad_(True)
-            label_vars = self.label_variables(labels, observation.recipe.num_classes, members, generator, device)
-            anchor = self.group.anchor(images) if self.group is not None else None
-            self._evaluate(model, images, label_vars, labels, target, anchor)
-
-        kernels = choose(self.conv_kernels, evaluate, device, model)
-        if self.conv_kernels == "auto":
-            log.info("conv_kernels=auto: convolutions on %s kernels", kernels)
+        if self.conv_kernels != "auto":
+            return self.conv_kernels
+        members = self.group.size if self.group is not None else 1
+        images, label_vars = self._probe(labels, observation, members, seed, device)
+        images.requires_grad_(True)
+        anchor = self.group.anchor(images) if self.group is not None else None
+        kernels = choose("auto", lambda: self._evaluate(model, images, label_vars, labels, target, anchor), device, model)
+        log.info("conv_kernels=auto: convolutions on %s kernels", kernels)
         return kernels
+
+    def _probe(self, labels, observation: Observation, members: int, seed: int, device):
+        """(images (members, K, ...), label variables or None): the start-up checks' random
+        draw, from a generator of their own (seed + CHECK_SEED_OFFSET)."""
+        generator = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
+        label_vars = self.label_variables(labels, observation.recipe.num_classes, members, generator, device)
+        images = torch.rand(members, len(labels), *observation.recipe.image_shape, generator=generator).to(device)
+        return images, label_vars
 
     def _loss(self, labels: torch.Tensor):
         """loss(forward, [images, label variables?]): the victim's loss, as the
