@@ -123,6 +123,20 @@ def test_other_kernels_give_the_same_reconstruction_and_are_recorded(route, requ
         assert other.restart_distances == pytest.approx(default.restart_distances, rel=1e-3)
 
 
+def test_batched_restarts_record_the_kernels_they_ran_on():
+    observation, labels = observe()
+    attack = functools.partial(GradientInversion, Cosine(), functools.partial(torch.optim.Adam, lr=0.1),
+                               iterations=3, restarts=2, signed=False, batched_restarts=True)
+    default = attack().reconstruct(observation, labels)
+    assert default.conv_kernels is None
+    native = attack(conv_kernels="native").reconstruct(observation, labels)
+    assert native.conv_kernels == "native"
+    torch.testing.assert_close(native.images, default.images, rtol=0, atol=1e-4)
+    # vmap's batched convolutions run in NCHW: neither auto nor channels_last changes the layout.
+    for choice in ("auto", "channels_last"):
+        assert attack(conv_kernels=choice).reconstruct(observation, labels).conv_kernels == "onednn"
+
+
 def test_cli_records_the_choice_and_refuses_a_typo(deepleak, tmp_path):
     import json
 

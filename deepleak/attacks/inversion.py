@@ -219,9 +219,14 @@ class GradientInversion:
         if self.batched_restarts:
             # All restarts as one vmapped computation (same result as the loop below). Its
             # batches are R x K images, oneDNN's strength: auto keeps it without timing, and
-            # the model's layout is left as it is.
-            with conv_kernels(self.conv_kernels):
-                return reconstruct_batched(self, observation, labels, seed)
+            # channels_last runs NCHW (vmap's batched convolutions copy their inputs into it).
+            kernels = "native" if self.conv_kernels == "native" else "onednn"
+            if self.conv_kernels not in ("onednn", kernels):
+                log.info("conv_kernels=%s: batched restarts run on oneDNN kernels in NCHW", self.conv_kernels)
+            with conv_kernels(kernels):
+                result = reconstruct_batched(self, observation, labels, seed)
+            result.conv_kernels = None if self.conv_kernels == "onednn" else kernels
+            return result
         model, target, device = self.prepare(observation)
         labels = labels.to(device)
         members = self.group.size if self.group is not None else 1
