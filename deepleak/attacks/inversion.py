@@ -343,11 +343,11 @@ class GradientInversion:
         # Priors that read the model's activations run after the pass at theta; priors of the
         # images alone add their closed-form gradient (TV) or else ride in the finite-difference
         # passes (no backward pass of their own either way).
-        reads_model = {name: hasattr(prior, "attach") for name, prior in self.priors.items()}
-        closed = [prior for name, prior in self.priors.items() if not reads_model[name] and hasattr(prior, "value_and_gradient")]
-        extra = self._prior_sum([n for n, r in reads_model.items() if r])
-        image_extra = self._prior_sum([n for n, r in reads_model.items()
-                                       if not r and not hasattr(self.priors[n], "value_and_gradient")])
+        kinds = {name: "model" if hasattr(prior, "attach") else "closed" if hasattr(prior, "value_and_gradient") else "image"
+                 for name, prior in self.priors.items()}
+        closed = [self.priors[name] for name, kind in kinds.items() if kind == "closed"]
+        extra = self._prior_sum([name for name, kind in kinds.items() if kind == "model"])
+        image_extra = self._prior_sum([name for name, kind in kinds.items() if kind == "image"])
         total, distances, per_member = 0.0, [], []
         for g in range(images.shape[0]):
             distance, prior, member_gradients = self.image_gradient.value_and_gradient(
