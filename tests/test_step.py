@@ -140,3 +140,21 @@ def test_total_variation_closed_form_matches_autograd_and_vmap():
     assert torch.allclose(direct_value, value.detach(), rtol=1e-14)
     assert torch.allclose(direct_gradient, plain, rtol=1e-12, atol=1e-15)
     assert float(direct_gradient.abs().sum()) > 0
+
+
+def test_total_variation_closed_form_over_a_restart_axis_is_one_tv_per_restart():
+    from torch.func import grad_and_value, vmap
+
+    from deepleak.attacks.priors import TotalVariation
+
+    tv = TotalVariation(0.3)
+    restarts = torch.rand(4, 2, 3, 9, 7, dtype=torch.float64)
+    restarts[2] = 0.5  # a flat restart: TV 0, gradient 0
+    value, gradient = tv.value_and_gradient(restarts, leading=1)
+    assert value.shape == (4,) and gradient.shape == restarts.shape
+    plain_gradient, plain_value = vmap(grad_and_value(tv.functional))(restarts)
+    assert torch.allclose(value, plain_value, rtol=1e-13)
+    assert torch.allclose(gradient, plain_gradient, rtol=1e-12, atol=1e-15)
+    assert float(value[2]) == 0.0 and float(value[0]) > 0
+    # Not the TV of all restarts pooled: each restart's mean is over its own pixels.
+    assert not torch.allclose(value, tv.value_and_gradient(restarts)[0].expand(4))

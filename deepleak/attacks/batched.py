@@ -34,6 +34,7 @@ refused.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -125,9 +126,9 @@ class BatchedObjective:
         candidate = grad(self._loss)(self.params, images, labels)
         return self.distance_fn([candidate[name] for name in self.params], self.target)
 
-    def _prior(self, images):
+    def _prior(self, images, priors=None):
         total = 0.0
-        for prior in self.priors:
+        for prior in self.priors if priors is None else priors:
             total = total + prior(images)
         return total
 
@@ -159,7 +160,12 @@ class BatchedFiniteDifference(BatchedObjective):
         self.theta_norm = float(norm(list(self.params.values()))) or 1.0
         self._at_theta = vmap(self._first_pass, in_dims=(0, None))
         self._moved = vmap(grad(self._loss, argnums=1), in_dims=(0, 0, None))
-        self._prior_step = vmap(grad_and_value(self._prior)) if self.priors else None
+        # Priors with a closed-form gradient (TV) take it over all restarts at once; the
+        # others are differentiated under vmap (LeNet batch 8, 16 restarts, one thread: TV
+        # 7.9 ms per step under vmap).
+        self.closed = [prior for prior in self.priors if hasattr(prior, "value_and_gradient")]
+        others = [prior for prior in self.priors if not hasattr(prior, "value_and_gradient")]
+        self._prior_step = vmap(grad_and_value(functools.partial(self._prior, priors=others))) if others else None
 
     def _first_pass(self, images, labels):
         """(grad_x L, dD/dg as {name: tensor}, D) of one restart at theta."""
@@ -186,9 +192,12 @@ class BatchedFiniteDifference(BatchedObjective):
         stationary = torch.where(torch.isfinite(u_norm), torch.zeros_like(u_norm), torch.full_like(u_norm, math.nan))
         gradient = torch.where(_per_restart(usable, gradient), gradient, _per_restart(stationary, gradient))
         total = distance
+        for prior in self.closed:
+            value, prior_gradient = prior.value_and_gradient(images, leading=1)
+            gradient, total = gradient.add_(prior_gradient), total + value
         if self._prior_step is not None:
             prior_gradient, prior = self._prior_step(images)
-            gradient, total = gradient + prior_gradient, total + prior
+            gradient, total = gradient.add_(prior_gradient), total + prior
         return gradient, total, distance
 
 
