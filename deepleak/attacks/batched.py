@@ -8,7 +8,8 @@ gradient. Here they run together: ``torch.func.vmap`` maps the per-restart objec
 
 and its image gradient (``torch.func.grad`` of ``torch.func.grad``: the double backward)
 over a leading restart axis, so every layer runs once on R x K images instead of R times on
-K. The optimiser steps the stacked (R, K, C, H, W) tensor; an elementwise optimiser (Adam,
+K (a prior with a closed-form gradient, TV, is added outside vmap, for all restarts in one
+go). The optimiser steps the stacked (R, K, C, H, W) tensor; an elementwise optimiser (Adam,
 SGD) with a shared schedule then moves each restart exactly as it would alone, so the result
 equals the sequential one for the same seed (tests/test_batched.py checks this to float
 tolerance). Restarts that diverge are frozen at their last finite iterate, as the sequential
@@ -142,7 +143,7 @@ class BatchedObjective:
         return value + self._prior(images), value
 
     def _add_closed(self, images: torch.Tensor, gradient: torch.Tensor, total: torch.Tensor):
-        """(gradient, total) plus the closed-form priors' of every restart (R, ...)."""
+        """(gradient, total) plus each closed-form prior's gradient and value, for every restart at once."""
         for prior in self.closed:
             value, prior_gradient = prior.value_and_gradient(images, leading=1)
             gradient, total = gradient.add_(prior_gradient), total + value
