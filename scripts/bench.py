@@ -470,38 +470,59 @@ def section_throughput(args, device: torch.device, clock: Clock) -> None:
 
     batch, restarts, steps = (8, 16, args.throughput_steps) if not args.quick else (2, 3, 3)
     observation, labels, _ = observe("lenet", 32, batch, device)
-    exact = ig_attack(steps, restarts=restarts)
-    fd = ig_attack(steps, restarts=restarts, image_gradient=FiniteDifference())
     # The ceiling of any batching: one restart on all R x K images as a single batch (the same
-    # arithmetic per image, no per-restart work at all), in restarts of K images per minute.
+    # arithmetic per image, no per-restart work at all).
     big_observation, big_labels, _ = observe("lenet", 32, batch * restarts, device)
-    single = ig_attack(steps, restarts=1)
-    # (name, route, run); the finite-difference runs include their start-up calibration.
-    arms = (
-        ("one after another", "exact", lambda: exact.reconstruct(observation, labels, seed=0)),
-        ("batched (vmap)", "exact", lambda: reconstruct_batched(exact, observation, labels, seed=0)),
-        ("one after another", "FD", lambda: fd.reconstruct(observation, labels, seed=0)),
-        ("batched (vmap)", "FD", lambda: reconstruct_batched(fd, observation, labels, seed=0)),
-        (f"ceiling: one restart of batch {batch * restarts}", "exact",
-         lambda: single.reconstruct(big_observation, big_labels, seed=0)),
+
+    def arm(count: int, route: str, batched: bool, ceiling: bool):
+        """A run of the attack with ``count`` steps."""
+        attack = ig_attack(count, restarts=1 if ceiling else restarts,
+                           image_gradient=FiniteDifference() if route == "FD" else None)
+        if ceiling:
+            return lambda: attack.reconstruct(big_observation, big_labels, seed=0)
+        if batched:
+            return lambda: reconstruct_batched(attack, observation, labels, seed=0)
+        return lambda: attack.reconstruct(observation, labels, seed=0)
+
+    # (name, route, batched, ceiling); the finite-difference runs include their start-up calibration.
+    kinds = (
+        ("one after another", "exact", False, False),
+        ("batched (vmap)", "exact", True, False),
+        ("one after another", "FD", False, False),
+        ("batched (vmap)", "FD", True, False),
+        (f"ceiling: one restart of batch {batch * restarts}", "exact", False, True),
     )
-    for _, _, run in arms:
-        run()  # warm-up
-    times: list[list[float]] = [[] for _ in arms]
+    # Each arm at ``steps`` and at 3 x ``steps``: the difference over 2 x ``steps`` is the cost
+    # per step of a long attack, without what a run costs once (set-up, the FD calibration,
+    # the final scoring of every restart).
+    runs = [{count: arm(count, route, batched, ceiling) for count in (steps, 3 * steps)}
+            for _, route, batched, ceiling in kinds]
+    for run in runs:
+        run[steps]()  # warm-up
+    short: list[list[float]] = [[] for _ in kinds]
+    per_step: list[list[float]] = [[] for _ in kinds]
     for _ in range(max(1, min(args.repeats, 3))):
-        for values, (_, _, run) in zip(times, arms):
-            values.append(clock.time(run))
+        for values, steady, run in zip(short, per_step, runs):
+            values.append(clock.time(run[steps]))
+            steady.append((clock.time(run[3 * steps]) - values[-1]) / (2 * steps))
     print(f"\n### Throughput: LeNet batch {batch}, {restarts} restarts of {steps} `ig` steps\n")
-    print("| restarts run | image gradient | s per attack | attacks / min | restarts / min "
-          "| vs one after another, same route | vs one after another, exact |")
-    print("|---|---|--:|--:|--:|--:|--:|")
-    baseline = {route: times[index] for index, (name, route, _) in enumerate(arms) if name == "one after another"}
-    for values, (name, route, _) in zip(times, arms):
-        seconds = statistics.median(values)
-        same = statistics.median(b / v for b, v in zip(baseline[route], values))
-        exact_ratio = statistics.median(b / v for b, v in zip(baseline["exact"], values))
-        print(f"| {name} | {route} | {seconds:.2f} | {60 / seconds:.2f} | {60 * restarts / seconds:.1f} "
-              f"| {same:.2f}x | {exact_ratio:.2f}x |", flush=True)
+    print(f"Per attack: runs of {steps} steps, start-up included. Per step: the difference between "
+          f"runs of {3 * steps} and {steps} steps, over {2 * steps} steps (a long attack).\n")
+    print("| restarts run | image gradient | s per attack | attacks / min | vs one after another, same route "
+          "| vs one after another, exact | ms per step | per step vs one after another, same route "
+          "| per step vs one after another, exact |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    baseline = {route: index for index, (name, route, _, _) in enumerate(kinds) if name == "one after another"}
+
+    def ratio(values: list[list[float]], base: int, index: int) -> str:
+        return f"{statistics.median(b / v for b, v in zip(values[base], values[index])):.2f}x"
+
+    for index, (name, route, _, _) in enumerate(kinds):
+        seconds = statistics.median(short[index])
+        print(f"| {name} | {route} | {seconds:.2f} | {60 / seconds:.2f} "
+              f"| {ratio(short, baseline[route], index)} | {ratio(short, baseline['exact'], index)} "
+              f"| {1e3 * statistics.median(per_step[index]):.1f} "
+              f"| {ratio(per_step, baseline[route], index)} | {ratio(per_step, baseline['exact'], index)} |", flush=True)
 
 
 def machine() -> str:

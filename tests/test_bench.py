@@ -63,7 +63,8 @@ def test_quick_run_prints_every_table(bench, capsys):
     ratio = float(re.findall(r"\| ([0-9.]+)x \|", step_row)[0])
     assert 1.0 < ratio < 50  # an attack step costs more than a training step, and not absurdly more
     for route in ("exact", "FD"):
-        assert re.search(rf"\| batched \(vmap\) \| {route} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| [0-9.]+x \|", out)
+        assert re.search(rf"\| batched \(vmap\) \| {route} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| [0-9.]+x "
+                         rf"\| [0-9.]+ \| [0-9.]+x \| [0-9.]+x \|", out)
 
 
 def test_without_breaching_its_columns_are_skipped_with_a_note(bench, capsys, monkeypatch):
