@@ -183,3 +183,24 @@ def test_refusals_are_one_clear_error():
     own = OwnObjective(L2(), functools.partial(torch.optim.Adam, lr=0.1), iterations=1, restarts=2)
     with pytest.raises(DeepleakError, match="overrides matching_distance"):
         reconstruct_batched(own, observation, labels)
+
+
+def test_finite_difference_restarts_without_a_closed_form_direction(float64):
+    """A distance with only a functional form: dD/dg by autograd under vmap, the same
+    objective as the closed form of the built-in distances."""
+
+    class FunctionalOnly:
+        def __init__(self, distance):
+            self.functional = distance.functional
+
+    torch.manual_seed(0)
+    observation, labels = observe(LeNet(10, (3, 16, 16), width=8), k=2)
+    attack = ig(iterations=2, restarts=3, image_gradient=FiniteDifference())
+    model, target, _ = attack.prepare(observation)
+    attack.image_gradient.current_step = 1e-6
+    images = torch.rand(3, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    closed = BatchedFiniteDifference(model, target, Cosine(), attack.priors, attack.image_gradient)
+    plain = BatchedFiniteDifference(model, target, FunctionalOnly(Cosine()), attack.priors, attack.image_gradient)
+    assert closed._direction != plain._direction  # the two routes to dD/dg really differ
+    for a, b in zip(closed(images, labels), plain(images, labels)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -111,3 +111,28 @@ def test_cosine_direction_near_parallel_is_formed_as_a_vector_or_declined(layout
     assert norm == pytest.approx(float(torch.sqrt(sum((g * g).sum() for g in expected))), rel=1e-9)
     assert norm > 0
     assert len(Cosine().direction(tensors(0), target)[1]) == 2  # far from parallel: the scalar form
+
+
+@pytest.mark.parametrize("distance", [L2(), Cosine()], ids=["l2", "cosine"])
+def test_restart_direction_is_each_restarts_value_and_gradient(distance):
+    """Batched restarts: D and dD/dc of R candidates stacked on a leading axis at once, as
+    vmap of autograd on the plain formula gives them, a zero candidate included."""
+    from torch.func import grad_and_value, vmap
+
+    target = tensors(1)
+    stacked = [torch.stack([c for c in candidate]) for candidate in zip(tensors(0), tensors(2), tensors(3))]
+    stacked = [torch.cat([s, torch.zeros_like(s[:1])]) for s in stacked]  # restart 3: the zero candidate
+    value, direction = distance.restart_direction(stacked, target)
+    assert value.shape == (4,) and [d.shape for d in direction] == [s.shape for s in stacked]
+    plain_direction, plain_value = vmap(grad_and_value(distance.functional), in_dims=(0, None))(
+        [s[:3] for s in stacked], target)
+    torch.testing.assert_close(value[:3], plain_value, rtol=1e-12, atol=0)
+    for got, want in zip(direction, plain_direction):
+        torch.testing.assert_close(got[:3], want, rtol=1e-10, atol=1e-14)
+    # The zero candidate: the one-restart closed form's value and gradient (cosine: -t / eps).
+    one_value, parts, _ = distance.direction([s[3] for s in stacked], target)
+    assert float(value[3]) == pytest.approx(one_value, rel=1e-12)
+    for i, got in enumerate(direction):
+        want = sum(coefficient * tensors_[i] for coefficient, tensors_ in parts)
+        torch.testing.assert_close(got[3], want, rtol=1e-12, atol=0)
+        assert bool(torch.isfinite(got[3]).all())

@@ -172,25 +172,29 @@ class BatchedFiniteDifference(BatchedObjective):
         super().__init__(model, target, distance, priors)
         self.route = route
         self.theta_norm = float(norm(list(self.params.values()))) or 1.0
-        self._at_theta = vmap(self._first_pass, in_dims=(0, None))
+        self._at_theta = vmap(grad(self._loss, argnums=(0, 1)), in_dims=(None, 0, None))
         self._moved = vmap(grad(self._loss, argnums=1), in_dims=(0, 0, None))
         self._prior_step = vmap(grad_and_value(self._prior)) if self.others else None
+        # dD/dg of every restart at once in closed form (L2, cosine: a few passes over the
+        # stacked gradients), else by autograd under vmap.
+        closed_form = getattr(distance, "restart_direction", None)
+        self._direction = closed_form if closed_form is not None else self._direction_by_autograd
 
-    def _first_pass(self, images, labels):
-        """(grad_x L, dD/dg as {name: tensor}, D) of one restart at theta."""
-        params, inputs = grad(self._loss, argnums=(0, 1))(self.params, images, labels)
-        names = list(self.params)
-        direction, value = grad_and_value(self.distance_fn)([params[name] for name in names], self.target)
-        return inputs, dict(zip(names, direction)), value
+    def _direction_by_autograd(self, candidate: list[torch.Tensor], target: list[torch.Tensor]):
+        direction, value = vmap(grad_and_value(self.distance_fn), in_dims=(0, None))(candidate, target)
+        return value, direction
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
-        inputs, direction, distance = self._at_theta(images, labels)
-        u_norm = torch.stack([u.flatten(1).norm(dim=1) for u in direction.values()]).norm(dim=0)  # (R,)
+        # The pass at theta: each restart's parameter gradient g_r and image gradient.
+        params, inputs = self._at_theta(self.params, images, labels)
+        names = list(self.params)
+        distance, direction = self._direction([params[name] for name in names], self.target)
+        u_norm = torch.stack([u.flatten(1).norm(dim=1) for u in direction]).norm(dim=0)  # (R,)
         usable = (u_norm > 0) & torch.isfinite(u_norm)
         e = torch.where(usable, self.route.current_step * self.theta_norm / u_norm, torch.ones_like(u_norm))
 
         def moved(sign: float) -> torch.Tensor:
-            params = {name: self.params[name] + sign * _per_restart(e, u) * u for name, u in direction.items()}
+            params = {name: torch.addcmul(self.params[name], _per_restart(sign * e, u), u) for name, u in zip(names, direction)}
             return self._moved(params, images, labels)
 
         if self.route.scheme == "forward":
