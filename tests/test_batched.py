@@ -204,3 +204,14 @@ def test_finite_difference_restarts_without_a_closed_form_direction(float64):
     assert closed._direction != plain._direction  # the two routes to dD/dg really differ
     for a, b in zip(closed(images, labels), plain(images, labels)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_one_cpu_thread_is_told_that_batching_gains_little(caplog, monkeypatch):
+    observation, labels = observe(LeNet(10, (3, 16, 16), width=8), k=2)
+    attack = ig(iterations=1, restarts=2)
+    for threads, told in ((1, True), (2, False)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="deepleak.attacks.batched"):
+            reconstruct_batched(attack, observation, labels, seed=0)
+        assert ("batched restarts on one CPU thread" in caplog.text) is told, threads
