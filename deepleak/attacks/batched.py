@@ -172,6 +172,7 @@ class BatchedFiniteDifference(BatchedObjective):
         super().__init__(model, target, distance, priors)
         self.route = route
         self.theta_norm = float(norm(list(self.params.values()))) or 1.0
+        self.names = list(self.params)
         self._at_theta = vmap(grad(self._loss, argnums=(0, 1)), in_dims=(None, 0, None))
         self._moved = vmap(grad(self._loss, argnums=1), in_dims=(0, 0, None))
         self._prior_step = vmap(grad_and_value(self._prior)) if self.others else None
@@ -187,7 +188,7 @@ class BatchedFiniteDifference(BatchedObjective):
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         # The pass at theta: each restart's parameter gradient g_r and image gradient.
         params, inputs = self._at_theta(self.params, images, labels)
-        names = list(self.params)
+        names = self.names
         distance, direction = self._direction([params[name] for name in names], self.target)
         u_norm = torch.stack([u.flatten(1).norm(dim=1) for u in direction]).norm(dim=0)  # (R,)
         usable = (u_norm > 0) & torch.isfinite(u_norm)

@@ -15,6 +15,7 @@ reason it contributes 0 (recorded in the reconstruction and in metrics.json).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -59,7 +60,8 @@ class TotalVariation:
         with torch.no_grad():
             dx = images[..., :, 1:] - images[..., :, :-1]
             dy = images[..., 1:, :] - images[..., :-1, :]
-            ax, ay = self.weight / max(dx[(0,) * leading].numel(), 1), self.weight / max(dy[(0,) * leading].numel(), 1)
+            # Each mean is over one batch's differences: the axes after the leading ones.
+            ax, ay = (self.weight / max(math.prod(d.shape[leading:]), 1) for d in (dx, dy))
             dims = tuple(range(leading, images.dim())) if leading else None
             # An L1 norm needs no |dx| temporary; the signs are scaled in place (LeNet batch 64:
             # 1.50 -> 0.92 ms).
