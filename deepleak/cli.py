@@ -7,7 +7,6 @@ exit code 2; the full story is in the run's log.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from omegaconf import DictConfig
 
 from deepleak.config import register
 from deepleak.errors import DeepleakError
+from deepleak.runtime import set_threads
 from deepleak.runs import archive_previous, find_sweep, is_complete, record_attempt, set_status
 
 log = logging.getLogger("deepleak")
@@ -100,18 +100,6 @@ def experiment_sets_scenario(names: str) -> bool:
 def fail(message: str) -> None:
     sys.stderr.write(f"deepleak: error: {message}\n")
     raise SystemExit(2)
-
-
-def set_threads(threads: int, launcher: str) -> None:
-    """``threads=0`` (auto): one torch thread per job under a parallel launcher, else all
-    cores but one. torch's CPU threads busy-wait: with every core in use and any other
-    process running, a 2-thread LeNet step measured 80x slower here (464 ms vs 5.9 ms with one
-    thread); leaving a core free costs little and avoids that cliff."""
-    import torch  # noqa: PLC0415
-
-    if threads == 0:
-        threads = 1 if "BasicLauncher" not in launcher else max(1, (os.cpu_count() or 1) - 1)
-    torch.set_num_threads(threads)
 
 
 def run_job(task, cfg: DictConfig) -> None:
@@ -228,7 +216,7 @@ def report_command(args: list[str]) -> None:
 
 def train_command(args: list[str]) -> None:
     from deepleak.tasks.train import run, validate  # noqa: PLC0415
-    from deepleak.train_config import register_train  # noqa: PLC0415
+    from deepleak.config.train import register_train  # noqa: PLC0415
 
     register_train()
     launch("train", "train", run, validate, args)

@@ -12,7 +12,7 @@ like on a shared machine:
   1. a plain forward + backward (the victim's own training step, same model and batch);
   2. deepleak's Inverting Gradients attack (``attack=ig``: 1 - cosine + TV, Adam on signed
      gradients, box, step decay; one restart), timed through the public
-     ``GradientInversion.reconstruct`` at two iteration counts and differenced, so model
+     ``GradientMatching.reconstruct`` at two iteration counts and differenced, so model
      copy and scoring cancel out; and the same with the fast opt-in settings (FD column):
      ``attack/image_gradient=finite_difference attack.conv_kernels=auto``;
   3. breaching 0.1.2's optimisation-based attacker with its ``invertinggradients`` config,
@@ -24,8 +24,8 @@ like on a shared machine:
   the checkpointed reverse pass) per simulated step, and its peak memory, at E = 1, 5, 10.
 - **labels**: zero-shot label restoration (labels only) at K = 64, 1024, 4096 on LeNet.
 - **throughput**: reconstructions per minute of LeNet batch 8 with 16 restarts, restarts
-  one after another (``GradientInversion``) and as one batched computation
-  (``deepleak.attacks.batched``).
+  one after another (``GradientMatching``) and as one batched computation
+  (``deepleak.attacks.engine.batched_restarts``).
 
 On CPU the clock is the thread's CPU time when torch runs one thread (``--clock auto``):
 another process on the same cores then does not leak into the figures. With more threads,
@@ -127,13 +127,13 @@ def observe(model_key: str, pixels: int, batch: int, device: torch.device, seed:
 
 def ig_attack(iterations: int, restarts: int = 1, image_gradient=None):
     """deepleak's Inverting Gradients recipe (conf/attack/ig.yaml) with its class defaults;
-    ``image_gradient``: None (exact double backward) or a deepleak.attacks.second_order route."""
-    from deepleak.attacks import GradientInversion
-    from deepleak.attacks.distances import Cosine
-    from deepleak.attacks.priors import TotalVariation
-    from deepleak.attacks.schedules import step_decay
+    ``image_gradient``: None (exact double backward) or a deepleak.attacks.engine.image_gradient route."""
+    from deepleak.attacks import GradientMatching
+    from deepleak.attacks.parts.distance import Cosine
+    from deepleak.attacks.parts.prior import TotalVariation
+    from deepleak.attacks.parts.scheduler import step_decay
 
-    return GradientInversion(
+    return GradientMatching(
         Cosine(), functools.partial(torch.optim.Adam, lr=0.1), priors={"tv": TotalVariation(1e-4)},
         scheduler=functools.partial(step_decay, gamma=0.1), iterations=iterations, restarts=restarts,
         signed=True, box=True, image_gradient=image_gradient,
@@ -144,7 +144,7 @@ def plain_runner(observation, labels, images) -> Callable[[int], None]:
     """n plain training steps of the victim (forward + backward to the parameters)."""
     import copy
 
-    from deepleak.scenarios.base import set_bn_mode
+    from deepleak.scenarios.recipe import set_bn_mode
 
     model = set_bn_mode(copy.deepcopy(observation.model), observation.recipe.bn_mode)
 
@@ -160,7 +160,7 @@ def deepleak_runner(observation, labels, finite_difference: bool = False) -> Cal
     """n steps of deepleak's ig attack; ``finite_difference``: the fast opt-in settings, the
     forward-difference image gradient and ``conv_kernels=auto`` (raises DeepleakError on a
     victim it refuses, e.g. SELU)."""
-    from deepleak.attacks.second_order import FiniteDifference
+    from deepleak.attacks.engine.image_gradient import FiniteDifference
 
     attack = ig_attack(1, image_gradient=FiniteDifference() if finite_difference else None)
     if finite_difference:
@@ -180,11 +180,11 @@ def deepleak_runner(observation, labels, finite_difference: bool = False) -> Cal
 
 
 def fast_path_integrated(attack, observation) -> bool:
-    """Whether ``attack.prepare`` already gives a model with deepleak.attacks.step's fast
+    """Whether ``attack.prepare`` already gives a model with deepleak.attacks.engine.step's fast
     convolutions where they apply (wide layers)."""
     from torch import nn
 
-    from deepleak.attacks.step import MIN_CHANNELS
+    from deepleak.attacks.engine.step import MIN_CHANNELS
 
     model = attack.prepare(observation)[0]
     return not any(type(m) is nn.Conv2d and m.in_channels >= MIN_CHANNELS and "forward" not in vars(m)
@@ -192,8 +192,8 @@ def fast_path_integrated(attack, observation) -> bool:
 
 
 def _with_fast_double_backward(prepare):
-    """GradientInversion.prepare followed by step.fast_double_backward on its model copy."""
-    from deepleak.attacks.step import fast_double_backward
+    """GradientMatching.prepare followed by step.fast_double_backward on its model copy."""
+    from deepleak.attacks.engine.step import fast_double_backward
 
     def wrapped(observation):
         model, target, device = prepare(observation)
@@ -222,7 +222,7 @@ def breaching_runner(observation, labels, device: torch.device) -> Callable[[int
     import breaching
     from hydra.core.global_hydra import GlobalHydra
 
-    from deepleak.scenarios.base import set_bn_mode
+    from deepleak.scenarios.recipe import set_bn_mode
 
     GlobalHydra.instance().clear()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -388,16 +388,16 @@ def section_step(args, device: torch.device, clock: Clock, cases: list[Case]) ->
         print(f"\nbreaching columns skipped: {skip}")
     models = {case.model: case for case in cases}.values()
     if not all(fast_path_integrated(ig_attack(1), observe(c.model, c.pixels, 2, device)[0]) for c in models):
-        print("\n(deepleak step: GradientInversion with deepleak.attacks.step.fast_double_backward applied to "
-              "its model copy by this bench; GradientInversion.prepare does not apply it yet)")
+        print("\n(deepleak step: GradientMatching with deepleak.attacks.engine.step.fast_double_backward applied to "
+              "its model copy by this bench; GradientMatching.prepare does not apply it yet)")
 
 
 def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.device, finite_difference: bool = False):
     """(evaluate(), simulated steps T) of one FedAvg replay evaluation; ``finite_difference``:
     reverse steps by first-order differences (a fixed step: the cost does not depend on it)."""
-    from deepleak.attacks.distances import L2
-    from deepleak.attacks.replay import Client, Replay, make_schedule
-    from deepleak.attacks.second_order import FiniteDifference
+    from deepleak.attacks.parts.distance import L2
+    from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
+    from deepleak.attacks.engine.image_gradient import FiniteDifference
     from deepleak.models import build_model
     from deepleak.scenarios import FedAvg, PrivateBatch
 
@@ -414,7 +414,7 @@ def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.devi
     target = [g.to(device) for g in observation.gradient_view().gradient]
     dummies = torch.rand(n, 3, pixels, pixels, generator=generator).to(device)
     client = Client(observation.model, lr, schedule, finite_difference=FiniteDifference(step=5e-6) if finite_difference else None)
-    replay = Replay(L2(), torch.optim.LBFGS)
+    replay = FedAvgReplay(L2(), torch.optim.LBFGS)
     return (lambda: replay.weight_distance(client, start, dummies, target)), len(schedule)
 
 
@@ -465,8 +465,8 @@ def section_labels(args, device: torch.device, clock: Clock) -> None:
 
 
 def section_throughput(args, device: torch.device, clock: Clock) -> None:
-    from deepleak.attacks.batched import reconstruct_batched
-    from deepleak.attacks.second_order import FiniteDifference
+    from deepleak.attacks.engine.batched_restarts import reconstruct_batched
+    from deepleak.attacks.engine.image_gradient import FiniteDifference
 
     batch, restarts, steps = (8, 16, args.throughput_steps) if not args.quick else (2, 3, 3)
     observation, labels, _ = observe("lenet", 32, batch, device)
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    from deepleak.tasks.attack import resolve_device
+    from deepleak.runtime import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -23,7 +23,7 @@ from deepleak.labels import ZeroShot
 from deepleak.labels.fedavg import Fitted, FittedSearch, ImageSearch, Interpolated, Mean, Search, Simulated
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
-from deepleak.tasks.attack import trial_seeds
+from deepleak.runtime import trial_seeds
 
 PROTOTYPE = {  # PAPER.md section 7: (pseudo, start/end)
     (0.1, 1): (0.39, 0.56), (0.1, 5): (0.19, 0.67), (0.1, 10): (0.17, 0.67),

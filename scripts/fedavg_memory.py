@@ -26,8 +26,8 @@ def rss_mb() -> float:
 def one(model_name: str, epochs: int, per_epoch: int, how: str) -> None:
     import torch
 
-    from deepleak.attacks.distances import L2
-    from deepleak.attacks.replay import Client, Replay, make_schedule
+    from deepleak.attacks.parts.distance import L2
+    from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
     from deepleak.models import build_model
     from deepleak.scenarios import FedAvg, PrivateBatch
 
@@ -47,7 +47,7 @@ def one(model_name: str, epochs: int, per_epoch: int, how: str) -> None:
     began = time.perf_counter()
     client = Client(obs.model, 0.001, schedule)
     if how == "checkpoint":
-        Replay(L2(), torch.optim.LBFGS).weight_distance(client, start, dummies, target)
+        FedAvgReplay(L2(), torch.optim.LBFGS).weight_distance(client, start, dummies, target)
     else:
         leaf = dummies.clone().requires_grad_(True)
         weights = [w.clone().requires_grad_(True) for w in start]

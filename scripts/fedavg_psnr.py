@@ -1,4 +1,4 @@
-"""Replay vs pseudo-gradient reconstruction on the same FedAvg clients, through the task code.
+"""FedAvgReplay vs pseudo-gradient reconstruction on the same FedAvg clients, through the task code.
 
     OMP_NUM_THREADS=1 python scripts/fedavg_psnr.py [--trials 20] [--iterations 100] [extra overrides]
 

@@ -117,7 +117,7 @@ def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) ->
     from deepleak.config import make
     from deepleak.models import build_model
     from deepleak.scenarios.base import PrivateBatch
-    from deepleak.tasks.attack import trial_seeds
+    from deepleak.runtime import trial_seeds
 
     cfg = compose(*overrides, f"seed={seed}")
     dataset, distribution, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))

@@ -6,10 +6,10 @@ import math
 import torch
 import pytest
 
-from deepleak.attacks import GradientInversion
-from deepleak.attacks.distances import L2, Cosine
-from deepleak.attacks.priors import TotalVariation
-from deepleak.attacks.schedules import step_decay
+from deepleak.attacks import GradientMatching
+from deepleak.attacks.parts.distance import L2, Cosine
+from deepleak.attacks.parts.prior import TotalVariation
+from deepleak.attacks.parts.scheduler import step_decay
 from deepleak.data import SampleDataset
 from deepleak.errors import DeepleakError
 from deepleak.labels import ZeroShot
@@ -27,9 +27,9 @@ def observe(k: int, width: int = 12, seed: int = 0, classes: int = 10):
     return FedSGD().observe(model, PrivateBatch(images, labels), classes), images, labels
 
 
-def lbfgs(iterations: int, **kw) -> GradientInversion:
+def lbfgs(iterations: int, **kw) -> GradientMatching:
     optimizer = functools.partial(torch.optim.LBFGS, lr=1.0, max_iter=20, history_size=100, line_search_fn="strong_wolfe")
-    return GradientInversion(L2(), optimizer, iterations=iterations, box=False, **kw)
+    return GradientMatching(L2(), optimizer, iterations=iterations, box=False, **kw)
 
 
 def test_batch_of_one_is_recovered_above_30_db():
@@ -57,7 +57,7 @@ def test_restarts_keep_the_smallest_gradient_distance():
 
 def test_divergence_is_caught_and_flagged():
     observation, _, labels = observe(1)
-    attack = GradientInversion(L2(), functools.partial(torch.optim.SGD, lr=1e38), iterations=5, box=False)
+    attack = GradientMatching(L2(), functools.partial(torch.optim.SGD, lr=1e38), iterations=5, box=False)
     result = attack.reconstruct(observation, labels)
     assert result.nonfinite_restarts == 1
     assert torch.isfinite(result.images).all()
@@ -65,7 +65,7 @@ def test_divergence_is_caught_and_flagged():
 
 def test_ig_recipe_runs_with_signed_adam_and_step_decay():
     observation, images, labels = observe(1)
-    attack = GradientInversion(
+    attack = GradientMatching(
         Cosine(), functools.partial(torch.optim.Adam, lr=0.01), priors={"tv": TotalVariation(1e-4)},
         scheduler=step_decay, iterations=400, signed=True, box=True,
     )

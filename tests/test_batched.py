@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from deepleak.attacks import GradientInversion
-from deepleak.attacks.batched import BatchedFiniteDifference, BatchedObjective, reconstruct_batched
-from deepleak.attacks.distances import L2, Cosine
-from deepleak.attacks.priors import L2Norm, TotalVariation
-from deepleak.attacks.second_order import FiniteDifference
-from deepleak.attacks.schedules import step_decay
+from deepleak.attacks import GradientMatching
+from deepleak.attacks.engine.batched_restarts import BatchedFiniteDifference, BatchedObjective, reconstruct_batched
+from deepleak.attacks.parts.distance import L2, Cosine
+from deepleak.attacks.parts.prior import L2Norm, TotalVariation
+from deepleak.attacks.engine.image_gradient import FiniteDifference
+from deepleak.attacks.parts.scheduler import step_decay
 from deepleak.errors import DeepleakError
 from deepleak.models import LeNet, ResNet18
 from deepleak.scenarios import FedSGD, PrivateBatch
@@ -33,11 +33,11 @@ def observe(model: torch.nn.Module, k: int, pixels: int = 16, bn_mode: str = "tr
     return FedSGD(bn_mode=bn_mode).observe(model, PrivateBatch(images, labels), 10), labels
 
 
-def ig(iterations: int, restarts: int, **kw) -> GradientInversion:
+def ig(iterations: int, restarts: int, **kw) -> GradientMatching:
     settings = dict(priors={"tv": TotalVariation(1e-4)}, scheduler=functools.partial(step_decay, gamma=0.1),
                     signed=True, box=True)
     settings.update(kw)
-    return GradientInversion(Cosine(), functools.partial(torch.optim.Adam, lr=0.1), iterations=iterations,
+    return GradientMatching(Cosine(), functools.partial(torch.optim.Adam, lr=0.1), iterations=iterations,
                              restarts=restarts, **settings)
 
 
@@ -64,7 +64,7 @@ def test_batched_restarts_with_l2_and_plain_gradients(float64):
     torch.manual_seed(1)
     observation, labels = observe(LeNet(10, (3, 16, 16), width=8), k=2)
     # L2Norm has no closed form: it is differentiated under vmap with the distance.
-    attack = GradientInversion(L2(), functools.partial(torch.optim.SGD, lr=10.0), iterations=4, restarts=2, box=False,
+    attack = GradientMatching(L2(), functools.partial(torch.optim.SGD, lr=10.0), iterations=4, restarts=2, box=False,
                                priors={"l2": L2Norm(1e-3)})
     assert_same(attack.reconstruct(observation, labels, seed=0), reconstruct_batched(attack, observation, labels, seed=0))
 
@@ -82,9 +82,9 @@ def test_batch_norm_runs_on_each_restarts_own_batch(float64, bn_mode):
 
 
 def test_fast_convolutions_of_the_attackers_model_do_not_change_batched_results(float64, monkeypatch):
-    """Once GradientInversion.prepare applies step.fast_double_backward, the batched path
+    """Once GradientMatching.prepare applies step.fast_double_backward, the batched path
     (torch.func transforms) falls back to the native convolution and still agrees."""
-    from deepleak.attacks.step import fast_double_backward
+    from deepleak.attacks.engine.step import fast_double_backward
 
     torch.manual_seed(2)
     model = ResNet18(10, (3, 8, 8), width=4, activation_fn="sigmoid")
@@ -151,7 +151,7 @@ def test_finite_difference_restarts_refuse_kinks():
 def test_diverging_restarts_are_frozen_like_sequential_ones(float64):
     torch.manual_seed(0)
     observation, labels = observe(LeNet(10, (3, 16, 16), width=8), k=1)
-    attack = GradientInversion(L2(), functools.partial(torch.optim.SGD, lr=math.inf), iterations=5, restarts=2, box=False)
+    attack = GradientMatching(L2(), functools.partial(torch.optim.SGD, lr=math.inf), iterations=5, restarts=2, box=False)
     sequential = attack.reconstruct(observation, labels, seed=0)
     batched = reconstruct_batched(attack, observation, labels, seed=0)
     assert batched.nonfinite_restarts == sequential.nonfinite_restarts == 2
@@ -161,7 +161,7 @@ def test_diverging_restarts_are_frozen_like_sequential_ones(float64):
 
 def test_refusals_are_one_clear_error():
     observation, labels = observe(LeNet(10, (3, 16, 16), width=8), k=1)
-    lbfgs = GradientInversion(L2(), functools.partial(torch.optim.LBFGS, lr=1.0), iterations=1, restarts=2)
+    lbfgs = GradientMatching(L2(), functools.partial(torch.optim.LBFGS, lr=1.0), iterations=1, restarts=2)
     with pytest.raises(DeepleakError, match="L-BFGS"):
         reconstruct_batched(lbfgs, observation, labels)
 
@@ -176,7 +176,7 @@ def test_refusals_are_one_clear_error():
     with pytest.raises(DeepleakError, match="bn prior"):
         reconstruct_batched(attack, observation, labels)
 
-    class OwnObjective(GradientInversion):
+    class OwnObjective(GradientMatching):
         def matching_distance(self, model, images, labels, target):
             return super().matching_distance(model, images, labels, target) * 2
 
@@ -212,6 +212,6 @@ def test_one_cpu_thread_is_told_that_batching_gains_little(caplog, monkeypatch):
     for threads, told in ((1, True), (2, False)):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
         caplog.clear()
-        with caplog.at_level("INFO", logger="deepleak.attacks.batched"):
+        with caplog.at_level("INFO", logger="deepleak.attacks.engine.batched_restarts"):
             reconstruct_batched(attack, observation, labels, seed=0)
         assert ("batched restarts on one CPU thread" in caplog.text) is told, threads

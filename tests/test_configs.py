@@ -65,7 +65,7 @@ def test_precheck_lets_the_command_line_override_a_presets_sweep():
 
     # attack.priors.bn exists only in gradinversion: fine once attack=gradinversion replaces
     # the preset's attack sweep ...
-    precheck(["-m", "+experiment=paper_recipes_resnet", "attack=gradinversion", "attack.priors.bn.weight=0,0.01"])
+    precheck(["-m", "+experiment=paper_recipes_resnet", "attack=gradinversion", "attack.priors.bn.weight=0,0.01"], validate)
     # ... and still an unknown key for the preset's other recipes.
     with pytest.raises(DeepleakError, match="attack.priors.bn"):
-        precheck(["-m", "+experiment=paper_recipes_resnet", "attack.priors.bn.weight=0"])
+        precheck(["-m", "+experiment=paper_recipes_resnet", "attack.priors.bn.weight=0"], validate)

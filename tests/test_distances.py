@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from deepleak.attacks import distances as distances_module
-from deepleak.attacks.distances import L2, Cosine
+from deepleak.attacks.parts import distance as distances_module
+from deepleak.attacks.parts.distance import L2, Cosine
 
 SHAPES = [(4, 3, 5, 5), (4,), (10, 64), (10,)]
 

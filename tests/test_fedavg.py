@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from deepleak import metrics
-from deepleak.attacks.distances import L2
-from deepleak.attacks.replay import Client, Replay, make_schedule
+from deepleak.attacks.parts.distance import L2
+from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
 from deepleak.errors import DeepleakError
 from deepleak.labels import ZeroShot
 from deepleak.labels.fedavg import Interpolated, Simulated
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
-from deepleak.scenarios.fedavg import step_batches
+from deepleak.scenarios.recipe import step_batches
 
 LENET = {"_target_": "deepleak.models.LeNet", "width": 8, "activation_fn": "sigmoid", "init_scale": 0.5}
 RESNET = {"_target_": "deepleak.models.ResNet18", "width": 4, "activation_fn": "sigmoid"}
@@ -88,14 +88,14 @@ def test_replay_reproduces_client_weights(cfg, bn_mode):
     batch = _batch(5, 10, seed=1)
     obs = FedAvg(batch_size=2, epochs=2, lr=0.05, bn_mode=bn_mode, shuffle=False).observe(model, batch, 10)
     schedule = [(c, batch.labels[c]) for _ in range(2) for c in step_batches(torch.arange(5), 2)]
-    from deepleak.scenarios.base import set_bn_mode
+    from deepleak.scenarios.recipe import set_bn_mode
     client = Client(set_bn_mode(obs.model, bn_mode), 0.05, schedule, checkpoint_every=2)
     start = [p.detach() for p in obs.model.parameters()]
     end, checkpoints = client.run(start, batch.images)
     assert sorted(checkpoints) == [0, 2, 4]
     for got, want in zip(end, obs.weights):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    distance, _ = Replay(L2(), torch.optim.LBFGS).weight_distance(client, start, batch.images, list(obs.gradient_view().gradient))
+    distance, _ = FedAvgReplay(L2(), torch.optim.LBFGS).weight_distance(client, start, batch.images, list(obs.gradient_view().gradient))
     assert distance < 1e-8
 
 
@@ -107,7 +107,7 @@ def test_checkpointed_gradient_equals_unrolled():
     start = [p.detach() for p in obs.model.parameters()]
     target = list(obs.gradient_view().gradient)
     dummies = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
-    replay = Replay(L2(), torch.optim.LBFGS)
+    replay = FedAvgReplay(L2(), torch.optim.LBFGS)
     for every in (1, 2, 6):
         client = Client(obs.model, 0.05, schedule, checkpoint_every=every)
         distance, gradient = replay.weight_distance(client, start, dummies, target)

@@ -53,7 +53,7 @@ def test_first_trial_reruns_the_same_trials(compose, tmp_path, monkeypatch):
     from deepleak.config import make
     from deepleak.models import build_model
     from deepleak.scenarios import PrivateBatch
-    from deepleak.tasks.attack import trial_seeds
+    from deepleak.runtime import trial_seeds
     data = make(cfg.dataset)
     images, labels = data.batch(both["per_trial"][1]["indices"])
     model = build_model(cfg.model, data.num_classes, tuple(data.image_shape), trial_seeds(0, 1)["model"])

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepleak.models import build_model
-from deepleak.scenarios.base import Observation, PrivateBatch, Recipe, set_bn_mode
+from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
+from deepleak.scenarios.recipe import set_bn_mode
 from deepleak.scenarios.fedsgd import FedSGD
 
 LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}

@@ -104,7 +104,7 @@ def test_search_fixes_fitted_labels_on_the_default_lenet():
     on which the soft fit gets one label wrong (measured: 0.875 each, the search 1.0)."""
     from deepleak.data import SampleDataset
     from deepleak.data.distributions import Unique
-    from deepleak.tasks.attack import trial_seeds
+    from deepleak.runtime import trial_seeds
 
     dataset = SampleDataset(num_classes=10, resolution=32)
     cfg = {"_target_": "deepleak.models.LeNet", "width": 32, "activation_fn": "sigmoid", "init_scale": 0.5}

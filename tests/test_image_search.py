@@ -122,7 +122,7 @@ def test_image_search_fixes_a_search_label_after_many_local_steps():
     from deepleak.data import SampleDataset
     from deepleak.data.distributions import Random
     from deepleak.labels.fedavg import Search
-    from deepleak.tasks.attack import trial_seeds
+    from deepleak.runtime import trial_seeds
 
     dataset = SampleDataset(num_classes=20, resolution=32)
     seeds = trial_seeds(0, 18)

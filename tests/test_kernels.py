@@ -6,10 +6,10 @@ import time
 import pytest
 import torch
 
-from deepleak.attacks import GradientInversion
-from deepleak.attacks.distances import Cosine
-from deepleak.attacks.kernels import TUNE_MAX_S, check_choice, choose, conv_kernels
-from deepleak.attacks.priors import TotalVariation
+from deepleak.attacks import GradientMatching
+from deepleak.attacks.parts.distance import Cosine
+from deepleak.attacks.engine.conv_kernels import TUNE_MAX_S, check_choice, choose, conv_kernels
+from deepleak.attacks.parts.prior import TotalVariation
 from deepleak.errors import DeepleakError
 from deepleak.models import LeNet
 from deepleak.scenarios import FedSGD, PrivateBatch
@@ -30,7 +30,7 @@ def test_bad_choice_is_one_clear_error():
     with pytest.raises(DeepleakError, match="conv_kernels must be one of"):
         check_choice("fast")
     with pytest.raises(DeepleakError, match="conv_kernels"):
-        GradientInversion(Cosine(), torch.optim.Adam, conv_kernels="mkl")
+        GradientMatching(Cosine(), torch.optim.Adam, conv_kernels="mkl")
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
@@ -99,7 +99,7 @@ def observe():
 
 @pytest.mark.parametrize("route", [None, "finite_difference"])
 def test_other_kernels_give_the_same_reconstruction_and_are_recorded(route, request):
-    from deepleak.attacks.second_order import FiniteDifference
+    from deepleak.attacks.engine.image_gradient import FiniteDifference
 
     if route:
         # A difference quotient amplifies the kernels' rounding differences (float32 ~1e-7)
@@ -108,7 +108,7 @@ def test_other_kernels_give_the_same_reconstruction_and_are_recorded(route, requ
         torch.set_default_dtype(torch.float64)
         request.addfinalizer(lambda: torch.set_default_dtype(previous))
     observation, labels = observe()
-    attack = functools.partial(GradientInversion, Cosine(), functools.partial(torch.optim.Adam, lr=0.1),
+    attack = functools.partial(GradientMatching, Cosine(), functools.partial(torch.optim.Adam, lr=0.1),
                                priors={"tv": TotalVariation(1e-4)}, iterations=5, restarts=2, signed=False,
                                image_gradient=FiniteDifference(step=1e-5) if route else None)
     default = attack().reconstruct(observation, labels)
@@ -125,7 +125,7 @@ def test_other_kernels_give_the_same_reconstruction_and_are_recorded(route, requ
 
 def test_batched_restarts_record_the_kernels_they_ran_on():
     observation, labels = observe()
-    attack = functools.partial(GradientInversion, Cosine(), functools.partial(torch.optim.Adam, lr=0.1),
+    attack = functools.partial(GradientMatching, Cosine(), functools.partial(torch.optim.Adam, lr=0.1),
                                iterations=3, restarts=2, signed=False, batched_restarts=True)
     default = attack().reconstruct(observation, labels)
     assert default.conv_kernels is None

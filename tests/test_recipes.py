@@ -12,10 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from deepleak.attacks import DLG, GradientInversion, GroupConsistency
-from deepleak.attacks.distances import L2
-from deepleak.attacks.priors import BatchNormStatistics, L2Norm, TotalVariation
-from deepleak.attacks.schedules import cosine
+from deepleak.attacks import DLG, GradientMatching, GroupConsistency
+from deepleak.attacks.parts.distance import L2
+from deepleak.attacks.parts.prior import BatchNormStatistics, L2Norm, TotalVariation
+from deepleak.attacks.parts.scheduler import cosine
 from deepleak.config import config_dir, make
 from deepleak.data import SampleDataset
 from deepleak.errors import DeepleakError
@@ -52,7 +52,7 @@ ADAM = functools.partial(torch.optim.Adam, lr=0.1)
 def test_recipes_take_their_parts_from_the_part_files(compose, recipe):
     cfg = compose(f"attack={recipe}")
     text = (Path(config_dir()) / "attack" / f"{recipe}.yaml").read_text()
-    assert "torch.optim" not in text and "deepleak.attacks.distances" not in text  # no copies
+    assert "torch.optim" not in text and "deepleak.attacks.parts.distance" not in text  # no copies
     kind = "adam" if cfg.attack.optimizer._target_ == "torch.optim.Adam" else "lbfgs"
     assert cfg.attack.optimizer == PART["optimizer"][kind]
     assert cfg.attack.distance._target_ == PART["distance"]["cosine" if recipe == "ig" else "l2"]._target_
@@ -190,13 +190,13 @@ def test_bn_prior_reads_the_matching_forward_and_keeps_the_public_statistics():
 def test_bn_prior_on_a_model_without_bn_warns_once_and_contributes_zero(caplog):
     observation, _, labels = observe(1)
     prior = BatchNormStatistics(1.0)
-    attack = GradientInversion(L2(), LBFGS, priors={"bn": prior}, iterations=2, box=False)
+    attack = GradientMatching(L2(), LBFGS, priors={"bn": prior}, iterations=2, box=False)
     with caplog.at_level(logging.WARNING):
         first = attack.reconstruct(observation, labels)
         second = attack.reconstruct(observation, labels)
     assert sum("no batch-norm layers" in r.message for r in caplog.records) == 1
     assert "no batch-norm" in first.inactive_priors["bn"] and second.inactive_priors == first.inactive_priors
-    plain = GradientInversion(L2(), LBFGS, iterations=2, box=False).reconstruct(observation, labels)
+    plain = GradientMatching(L2(), LBFGS, iterations=2, box=False).reconstruct(observation, labels)
     assert torch.equal(first.images, plain.images)  # exactly 0: same trajectory
     assert float(prior(torch.rand(1, 3, 8, 8))) == 0.0 and first.prior_values == {"bn": 0.0}
 
@@ -235,7 +235,7 @@ def test_bn_prior_changes_the_reconstruction_on_a_bn_model():
     observation, images, labels = observe(2, model=calibrated_resnet(), resolution=16)
     results = {}
     for weight in (0.0, 1.0):
-        attack = GradientInversion(L2(), ADAM, priors={"bn": BatchNormStatistics(weight)}, iterations=60)
+        attack = GradientMatching(L2(), ADAM, priors={"bn": BatchNormStatistics(weight)}, iterations=60)
         results[weight] = attack.reconstruct(observation, labels, seed=3)
         assert results[weight].inactive_priors == {}
     assert (results[0.0].images - results[1.0].images).abs().max() > 0.05
@@ -255,7 +255,7 @@ def test_bn_prior_acts_in_both_bn_modes_with_every_activation(bn_mode, activatio
     model = ResNet18(10, image_shape=(3, 16, 16), width=4, activation_fn=activation)
     observation = FedSGD(bn_mode=bn_mode).observe(model, PrivateBatch(images, labels), 10)
     assert observation.recipe.bn_mode == bn_mode
-    result = GradientInversion(L2(), ADAM, priors={"bn": BatchNormStatistics(1.0)}, iterations=3).reconstruct(
+    result = GradientMatching(L2(), ADAM, priors={"bn": BatchNormStatistics(1.0)}, iterations=3).reconstruct(
         observation, labels)
     assert result.inactive_priors == {} and result.iterations == 3
     assert 0 < result.prior_values["bn"] < math.inf and math.isfinite(result.gradient_distance)
@@ -266,12 +266,12 @@ def test_bn_prior_acts_in_both_bn_modes_with_every_activation(bn_mode, activatio
 def test_group_consistency_runs_members_and_keeps_the_best():
     observation, _, labels = observe(1)
     group = GroupConsistency(size=3, weight=1.0, every=2, choose="best")
-    result = GradientInversion(L2(), ADAM, group=group, iterations=6).reconstruct(observation, labels)
+    result = GradientMatching(L2(), ADAM, group=group, iterations=6).reconstruct(observation, labels)
     assert len(result.member_distances) == 3
     assert result.gradient_distance == min(result.member_distances)
     assert result.evaluations == 6 * 3 + 3  # every member every step, then each member scored
     mean = GroupConsistency(size=3, weight=1.0, every=2, choose="mean")
-    averaged = GradientInversion(L2(), ADAM, group=mean, iterations=6).reconstruct(observation, labels)
+    averaged = GradientMatching(L2(), ADAM, group=mean, iterations=6).reconstruct(observation, labels)
     assert averaged.evaluations == 6 * 3 + 3 + 1  # and the mean scored
     assert averaged.member_distances == pytest.approx(result.member_distances)  # same seeds, same members
     assert averaged.gradient_distance not in averaged.member_distances
@@ -302,7 +302,7 @@ def test_dlg_optimises_soft_labels_and_ignores_the_restored_ones():
     observation, images, labels = observe(1)
     wrong = (labels + 5) % 10
     attack = DLG(L2(), LBFGS, iterations=40, box=False)
-    assert attack.optimises_labels and not GradientInversion.optimises_labels
+    assert attack.optimises_labels and not GradientMatching.optimises_labels
     result = attack.reconstruct(observation, wrong)
     assert result.labels.tolist() == labels.tolist()  # its own argmax, not the wrong input
     assert psnr(result.images, images)[0] > 25
@@ -330,23 +330,23 @@ def test_task_records_the_attacks_own_and_the_restored_labels(compose, tmp_path)
 
 def test_evaluation_cap_is_exact_for_lbfgs_adam_and_restarts():
     observation, _, labels = observe(1)
-    lbfgs = GradientInversion(L2(), LBFGS, iterations=1000, box=False, max_evaluations=50).reconstruct(observation, labels)
+    lbfgs = GradientMatching(L2(), LBFGS, iterations=1000, box=False, max_evaluations=50).reconstruct(observation, labels)
     assert lbfgs.stopped_by_evaluations and lbfgs.evaluations == 50 + 1  # + scoring the kept iterate
-    adam = GradientInversion(L2(), ADAM, iterations=1000, restarts=2, max_evaluations=40).reconstruct(observation, labels)
+    adam = GradientMatching(L2(), ADAM, iterations=1000, restarts=2, max_evaluations=40).reconstruct(observation, labels)
     assert adam.iterations == 40 and adam.evaluations == 40 + 2 and len(adam.restart_distances) == 2
     group = GroupConsistency(size=3, choose="mean")
-    grouped = GradientInversion(L2(), ADAM, iterations=1000, group=group, max_evaluations=31).reconstruct(observation, labels)
+    grouped = GradientMatching(L2(), ADAM, iterations=1000, group=group, max_evaluations=31).reconstruct(observation, labels)
     assert grouped.iterations == 10 and grouped.evaluations == 30 + 3 + 1  # + each member and the mean scored
 
 
 def test_a_step_cut_by_the_cap_is_undone():
     observation, _, labels = observe(1)
-    one = GradientInversion(L2(), LBFGS, iterations=1, box=False).reconstruct(observation, labels)
+    one = GradientMatching(L2(), LBFGS, iterations=1, box=False).reconstruct(observation, labels)
     first_step = one.evaluations - 1
     assert first_step > 3
     # The second step needs more than 3 evaluations: the cap cuts it inside L-BFGS, and it is undone.
     cap = first_step + 3
-    capped = GradientInversion(L2(), LBFGS, iterations=2, box=False, max_evaluations=cap).reconstruct(observation, labels)
+    capped = GradientMatching(L2(), LBFGS, iterations=2, box=False, max_evaluations=cap).reconstruct(observation, labels)
     assert capped.iterations == 1 and capped.stopped_by_evaluations and capped.evaluations == cap + 1
     assert torch.equal(capped.images, one.images)
 

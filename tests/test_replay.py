@@ -4,9 +4,9 @@ image gradient of the fully unrolled graph, whatever the split."""
 import pytest
 import torch
 
-from deepleak.attacks import replay as replay_module
-from deepleak.attacks.distances import L2
-from deepleak.attacks.replay import Client, Replay, make_schedule
+from deepleak.attacks import fedavg_replay as replay_module
+from deepleak.attacks.parts.distance import L2
+from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 
@@ -29,7 +29,7 @@ def test_reverse_pass_equals_the_unrolled_gradient(monkeypatch, stores, whole, e
     target = list(observation.gradient_view().gradient)
     dummies = torch.rand(7, 3, 12, 12, generator=generator)
     client = Client(observation.model, 0.1, schedule, checkpoint_every=every)
-    distance, gradient = Replay(L2(), torch.optim.LBFGS).weight_distance(client, start, dummies, target)
+    distance, gradient = FedAvgReplay(L2(), torch.optim.LBFGS).weight_distance(client, start, dummies, target)
 
     leaf = dummies.clone().requires_grad_(True)
     weights = [w.clone().requires_grad_(True) for w in start]
@@ -60,7 +60,7 @@ def test_recomputation_stays_bounded(monkeypatch, whole):
     schedule = make_schedule(batch.labels, 1, 1, torch.Generator().manual_seed(1), copies=False)
     client = Client(observation.model, 0.1, schedule)
     start = [p.detach() for p in observation.model.parameters()]
-    Replay(L2(), torch.optim.LBFGS).weight_distance(client, start, torch.rand(16, 3, 8, 8),
+    FedAvgReplay(L2(), torch.optim.LBFGS).weight_distance(client, start, torch.rand(16, 3, 8, 8),
                                                     list(observation.gradient_view().gradient))
     # 16 forward + 16 reverse steps + recomputation: small weights, checkpoints every 4 steps
     # and each segment stored whole (3 steps each), or bisection (2 stores) then quadratic.
@@ -75,7 +75,7 @@ def test_recomputation_stays_bounded(monkeypatch, whole):
 def test_finite_difference_reverse_pass_matches_the_exact_one(scheme, step, bar):
     """Each reverse step by two (three) first-order passes instead of a double backward: the
     image gradient of the whole replay agrees with the exact one (float64, E = 2, B = 2)."""
-    from deepleak.attacks.second_order import FiniteDifference
+    from deepleak.attacks.engine.image_gradient import FiniteDifference
 
     model = build_model(LENET, 10, (3, 12, 12), seed=0).double()
     generator = torch.Generator().manual_seed(0)
@@ -85,7 +85,7 @@ def test_finite_difference_reverse_pass_matches_the_exact_one(scheme, step, bar)
     start = [p.detach() for p in observation.model.parameters()]
     target = list(observation.gradient_view().gradient)
     dummies = torch.rand(4, 3, 12, 12, generator=generator, dtype=torch.float64)
-    replay = Replay(L2(), torch.optim.LBFGS)
+    replay = FedAvgReplay(L2(), torch.optim.LBFGS)
     exact = replay.weight_distance(Client(observation.model, 0.1, schedule), start, dummies, target)
     route = FiniteDifference(scheme, step=step)
     approx = replay.weight_distance(Client(observation.model, 0.1, schedule, finite_difference=route), start, dummies, target)
@@ -96,16 +96,16 @@ def test_finite_difference_reverse_pass_matches_the_exact_one(scheme, step, bar)
 
 
 def test_finite_difference_replay_calibrates_records_and_refuses_kinks():
-    from deepleak.attacks.second_order import FiniteDifference
+    from deepleak.attacks.engine.image_gradient import FiniteDifference
     from deepleak.errors import DeepleakError
 
     model = build_model(LENET, 10, (3, 12, 12), seed=0)
     batch = PrivateBatch(torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(0)), torch.arange(4) % 10)
     observation = FedAvg(batch_size=2, epochs=2, lr=0.1).observe(model, batch, 10)
-    result = Replay(L2(), torch.optim.Adam, iterations=3, image_gradient=FiniteDifference()).reconstruct(
+    result = FedAvgReplay(L2(), torch.optim.Adam, iterations=3, image_gradient=FiniteDifference()).reconstruct(
         observation, batch.labels)
     assert result.image_gradient_agreement > 0.999 and 0 < result.image_gradient_step < 1e-2
     relu = build_model({**LENET, "activation_fn": "relu"}, 10, (3, 12, 12), seed=0)
     observation = FedAvg(batch_size=2, epochs=2, lr=0.1).observe(relu, batch, 10)
     with pytest.raises(DeepleakError, match="smooth victim"):
-        Replay(L2(), torch.optim.Adam, iterations=3, image_gradient=FiniteDifference()).reconstruct(observation, batch.labels)
+        FedAvgReplay(L2(), torch.optim.Adam, iterations=3, image_gradient=FiniteDifference()).reconstruct(observation, batch.labels)

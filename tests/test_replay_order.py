@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from deepleak.attacks.distances import L2
-from deepleak.attacks.priors import TotalVariation
-from deepleak.attacks.replay import Client, Replay, make_schedule
-from deepleak.batch_order import batch_sizes, relaxed_assignment, round_assignment
+from deepleak.attacks.parts.distance import L2
+from deepleak.attacks.parts.prior import TotalVariation
+from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
+from deepleak.attacks.assignment import batch_sizes, relaxed_assignment, round_assignment
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
@@ -70,7 +70,7 @@ def test_one_hot_sample_weights_are_the_hard_client_and_their_gradient_is_exact(
     dummies = torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(3))
     client = Client(obs.model, 0.2, [(everyone, batch.labels)] * len(schedule), checkpoint_every=2,
                     sample_weights=mixed)
-    replay = Replay(L2(), torch.optim.LBFGS)
+    replay = FedAvgReplay(L2(), torch.optim.LBFGS)
     for _ in range(2):  # the accumulated weight gradient is reset by every evaluation
         distance, gradient = replay.weight_distance(client, start, dummies, target)
     leaf = dummies.clone().requires_grad_(True)
@@ -96,7 +96,7 @@ def test_learned_order_finds_the_clients_order_from_the_true_images():
     truth = obs.metadata.pop("step_labels")  # unique labels: label = index; the attack never sees it
     start = [p.detach() for p in obs.model.parameters()]
     target = list(obs.gradient_view().gradient)
-    replay = Replay(L2(), lambda params: torch.optim.LBFGS(params, lr=1, max_iter=20, line_search_fn="strong_wolfe"),
+    replay = FedAvgReplay(L2(), lambda params: torch.optim.LBFGS(params, lr=1, max_iter=20, line_search_fn="strong_wolfe"),
                     assignment="learned", assignment_iterations=15)
     variables = batch.images.clone().requires_grad_(True)
     schedule, relaxed = replay._learn_schedule(obs.model, start, variables, batch.labels, obs.recipe, target,
@@ -114,19 +114,19 @@ def test_learned_order_finds_the_clients_order_from_the_true_images():
 
 def test_learned_order_is_recorded_and_checked():
     batch, obs = _client(n=4, b=2, epochs=2, lr=0.05)
-    result = Replay(L2(), torch.optim.Adam, {"tv": TotalVariation(1e-6)}, iterations=2, assignment="learned",
+    result = FedAvgReplay(L2(), torch.optim.Adam, {"tv": TotalVariation(1e-6)}, iterations=2, assignment="learned",
                     assignment_iterations=2).reconstruct(obs, batch.labels)
     assert result.assignment == "learned" and result.relaxed_distance is not None
     assert len(result.schedule) == 4
     for epoch in (result.schedule[:2], result.schedule[2:]):
         assert sorted(i for step in epoch for i in step) == [0, 1, 2, 3]
-    assert Replay(L2(), torch.optim.Adam, iterations=1).reconstruct(obs, batch.labels).assignment == "random"
+    assert FedAvgReplay(L2(), torch.optim.Adam, iterations=1).reconstruct(obs, batch.labels).assignment == "random"
     with pytest.raises(DeepleakError, match="assignment must be random or learned"):
-        Replay(L2(), torch.optim.Adam, assignment="sinkhorn")
+        FedAvgReplay(L2(), torch.optim.Adam, assignment="sinkhorn")
     with pytest.raises(DeepleakError, match="needs attack.mode=shared"):
-        Replay(L2(), torch.optim.Adam, mode="per_epoch", assignment="learned")
+        FedAvgReplay(L2(), torch.optim.Adam, mode="per_epoch", assignment="learned")
     with pytest.raises(DeepleakError, match="assignment_iterations must be >= 0"):
-        Replay(L2(), torch.optim.Adam, assignment_iterations=-1)
+        FedAvgReplay(L2(), torch.optim.Adam, assignment_iterations=-1)
 
 
 def test_the_lowest_relaxed_start_is_kept(monkeypatch):
@@ -142,25 +142,25 @@ def test_the_lowest_relaxed_start_is_kept(monkeypatch):
         rest = sorted(set(range(4)) - set(first))
         return [(torch.tensor(b), labels[torch.tensor(b)]) for b in (first, rest)], distance
 
-    monkeypatch.setattr(Replay, "_learn_schedule", fake)
+    monkeypatch.setattr(FedAvgReplay, "_learn_schedule", fake)
     began = []
-    original = Replay._run_restart
+    original = FedAvgReplay._run_restart
 
     def spy(self, client, start, variables, *args):
         began.append(variables.detach().clone())
         return original(self, client, start, variables, *args)
 
-    monkeypatch.setattr(Replay, "_run_restart", spy)
-    result = Replay(L2(), torch.optim.Adam, iterations=1, assignment="learned", assignment_starts=3).reconstruct(
+    monkeypatch.setattr(FedAvgReplay, "_run_restart", spy)
+    result = FedAvgReplay(L2(), torch.optim.Adam, iterations=1, assignment="learned", assignment_starts=3).reconstruct(
         obs, batch.labels)
     assert result.schedule == [[0, 2], [1, 3]] and result.relaxed_distance == 0.1
     assert len(seen) == 3 and not torch.equal(seen[0], seen[1])  # every start draws its own images
     torch.testing.assert_close(began[0], seen[1])
     with pytest.raises(DeepleakError, match="assignment_starts must be >= 1"):
-        Replay(L2(), torch.optim.Adam, assignment_starts=0)
+        FedAvgReplay(L2(), torch.optim.Adam, assignment_starts=0)
     # One step per epoch: no order to learn.
     _, whole = _client(n=4, b=4, epochs=2, lr=0.05)
-    assert Replay(L2(), torch.optim.Adam, iterations=1, assignment="learned").reconstruct(
+    assert FedAvgReplay(L2(), torch.optim.Adam, iterations=1, assignment="learned").reconstruct(
         whole, batch.labels).assignment == "random"
 
 
@@ -173,7 +173,7 @@ def test_learned_order_runs_on_a_batch_norm_victim(bn_mode):
     generator = torch.Generator().manual_seed(0)
     batch = PrivateBatch(torch.rand(4, 3, 16, 16, generator=generator), torch.tensor([0, 1, 2, 3]))
     obs = FedAvg(batch_size=2, epochs=2, lr=0.05, bn_mode=bn_mode).observe(model, batch, 10)
-    result = Replay(L2(), torch.optim.Adam, iterations=2, assignment="learned", assignment_iterations=2,
+    result = FedAvgReplay(L2(), torch.optim.Adam, iterations=2, assignment="learned", assignment_iterations=2,
                     assignment_starts=2).reconstruct(obs, batch.labels)
     assert result.assignment == "learned" and math.isfinite(result.relaxed_distance)
     assert math.isfinite(result.gradient_distance) and torch.isfinite(result.images).all()

@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepleak.attacks import DLG, GradientInversion
-from deepleak.attacks.distances import L2, Cosine
-from deepleak.attacks.group import GroupConsistency
-from deepleak.attacks.priors import BatchNormStatistics, TotalVariation, attach_priors, detach_priors
-from deepleak.attacks.second_order import DoubleBackward, FiniteDifference
+from deepleak.attacks import DLG, GradientMatching
+from deepleak.attacks.parts.distance import L2, Cosine
+from deepleak.attacks.parts.group import GroupConsistency
+from deepleak.attacks.parts.prior import BatchNormStatistics, TotalVariation, attach_priors, detach_priors
+from deepleak.attacks.engine.image_gradient import DoubleBackward, FiniteDifference
 from deepleak.errors import DeepleakError
 from deepleak.metrics import psnr
 from deepleak.models import LeNet, ResNet18, ResNet18ImageNet
-from deepleak.scenarios.base import set_bn_mode
+from deepleak.scenarios.recipe import set_bn_mode
 
 from test_attack import lbfgs, observe
 
@@ -163,7 +163,7 @@ def test_the_start_up_check_refuses_below_min_agreement():
 
 @pytest.mark.parametrize("scheme, step, bar", [("forward", 1e-9, 1e-5), ("central", 1e-6, 1e-5)])
 def test_the_whole_step_matches_the_exact_one_with_priors_group_and_bn(scheme, step, bar):
-    """GradientInversion's objective gradient (distance + TV + BN prior + group term, 2 members)
+    """GradientMatching's objective gradient (distance + TV + BN prior + group term, 2 members)
     by both routes, on a BN model in float64. (TV rides in the passes at theta + a u, the BN
     prior has a backward pass of its own.)"""
     model, labels, target, _ = case(*SMOOTH[1])
@@ -171,7 +171,7 @@ def test_the_whole_step_matches_the_exact_one_with_priors_group_and_bn(scheme, s
     anchor = members.detach().mean(0) + 0.05
     gradients = {}
     for route in (DoubleBackward(), FiniteDifference(scheme, step=step)):
-        attack = GradientInversion(L2(), torch.optim.Adam, priors={"tv": TotalVariation(1e-2), "bn": BatchNormStatistics(1e-2)},
+        attack = GradientMatching(L2(), torch.optim.Adam, priors={"tv": TotalVariation(1e-2), "bn": BatchNormStatistics(1e-2)},
                                    group=GroupConsistency(size=2, weight=0.5), image_gradient=route)
         copy_ = copy.deepcopy(model)
         attach_priors(attack.priors, copy_)
@@ -209,16 +209,16 @@ def test_dlg_runs_with_finite_differences():
 
 
 def test_refusals_and_bad_settings():
-    from deepleak.attacks.snapshots import SnapshotInversion
+    from deepleak.attacks.fedavg_snapshots import FedAvgSnapshots
 
     with pytest.raises(DeepleakError, match="overrides it"):
-        SnapshotInversion(L2(), torch.optim.Adam, image_gradient=FiniteDifference())
+        FedAvgSnapshots(L2(), torch.optim.Adam, image_gradient=FiniteDifference())
 
     class OtherRoute:
         exact = False
 
     with pytest.raises(DeepleakError, match="not OtherRoute"):
-        GradientInversion(L2(), torch.optim.Adam, restarts=2, batched_restarts=True, image_gradient=OtherRoute())
+        GradientMatching(L2(), torch.optim.Adam, restarts=2, batched_restarts=True, image_gradient=OtherRoute())
     with pytest.raises(DeepleakError, match="scheme"):
         FiniteDifference("backward")
     with pytest.raises(DeepleakError, match="step"):

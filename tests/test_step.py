@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepleak.attacks.step import fast_double_backward
+from deepleak.attacks.engine.step import fast_double_backward
 from deepleak.models import LeNet, ResNet18
-from deepleak.scenarios.base import set_bn_mode
+from deepleak.scenarios.recipe import set_bn_mode
 
 
 def image_gradient(model, images, labels, target):
@@ -54,7 +54,7 @@ def test_narrow_layers_stay_native_by_default():
 def test_narrow_convolutions_give_the_native_values_and_gradients(stride, padding, dilation, bias):
     """fast_input_gradient's matmul + fold input gradient, against the native convolution
     (float64), for the weight, bias and input gradients it returns."""
-    from deepleak.attacks.step import fast_input_gradient
+    from deepleak.attacks.engine.step import fast_input_gradient
 
     torch.manual_seed(0)
     native = nn.Conv2d(3, 8, 5, stride=stride, padding=padding, dilation=dilation, bias=bias).double()
@@ -80,7 +80,7 @@ def test_narrow_convolutions_give_the_native_values_and_gradients(stride, paddin
 def test_deferred_input_gradients_combine_to_the_difference_of_the_passes():
     """Two passes' narrow-convolution input gradients, recorded instead of computed, combine
     to (grad_x at a - grad_x at b) / span, paired (one fold) or not (a pass with an extra use)."""
-    from deepleak.attacks.step import combine_deferred, deferring, fast_input_gradient
+    from deepleak.attacks.engine.step import combine_deferred, deferring, fast_input_gradient
 
     torch.manual_seed(0)
     conv = fast_input_gradient(nn.Conv2d(3, 6, 5, stride=2, padding=2).double())
@@ -122,7 +122,7 @@ def test_deferred_input_gradients_combine_to_the_difference_of_the_passes():
 def test_total_variation_closed_form_matches_autograd_and_vmap():
     from torch.func import grad, vmap
 
-    from deepleak.attacks.priors import TotalVariation
+    from deepleak.attacks.parts.prior import TotalVariation
 
     tv = TotalVariation(0.3)
     x = torch.rand(3, 3, 9, 7, dtype=torch.float64).requires_grad_(True)
@@ -145,7 +145,7 @@ def test_total_variation_closed_form_matches_autograd_and_vmap():
 def test_total_variation_closed_form_over_a_restart_axis_is_one_tv_per_restart():
     from torch.func import grad_and_value, vmap
 
-    from deepleak.attacks.priors import TotalVariation
+    from deepleak.attacks.parts.prior import TotalVariation
 
     tv = TotalVariation(0.3)
     restarts = torch.rand(4, 2, 3, 9, 7, dtype=torch.float64)

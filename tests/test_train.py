@@ -22,7 +22,7 @@ from deepleak.config import config_dir, precheck, register
 from deepleak.errors import DeepleakError
 from deepleak.models import ConvNet, build_model
 from deepleak.tasks import train
-from deepleak.train_config import register_train
+from deepleak.config.train import register_train
 
 TINY = ("dataset.num_classes=4", "dataset.resolution=16", "dataset.crops_per_class=16", "batch_size=8")
 

@@ -1,7 +1,7 @@
 """Attacks: reconstruct the private images from an Observation and restored labels."""
 
 from deepleak.attacks.dlg import DLG
-from deepleak.attacks.group import GroupConsistency
-from deepleak.attacks.inversion import GradientInversion, Reconstruction
+from deepleak.attacks.parts.group import GroupConsistency
+from deepleak.attacks.gradient_matching import GradientMatching, Reconstruction
 
-__all__ = ["DLG", "GradientInversion", "GroupConsistency", "Reconstruction"]
+__all__ = ["DLG", "GradientMatching", "GroupConsistency", "Reconstruction"]

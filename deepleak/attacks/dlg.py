@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from deepleak.attacks.inversion import GradientInversion
+from deepleak.attacks.gradient_matching import GradientMatching
 
 
-class DLG(GradientInversion):
-    """GradientInversion (same settings and loop) with soft labels as extra variables."""
+class DLG(GradientMatching):
+    """GradientMatching (same settings and loop) with soft labels as extra variables."""
 
     optimises_labels = True
 

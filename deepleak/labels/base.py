@@ -18,7 +18,8 @@ from torch import nn
 from deepleak.errors import DeepleakError
 from deepleak.models import classifier, classifier_parameter_names, features_and_logits
 from deepleak.models.layers import ACTIVATIONS
-from deepleak.scenarios.base import Observation, set_bn_mode
+from deepleak.scenarios.base import Observation
+from deepleak.scenarios.recipe import set_bn_mode
 
 
 class LabelMethod(Protocol):

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from deepleak.errors import DeepleakError
 from deepleak.models import classifier_parameter_names, features_and_logits
-from deepleak.scenarios.base import Observation, set_bn_mode
+from deepleak.scenarios.base import Observation
+from deepleak.scenarios.recipe import set_bn_mode
 
 
 def shared_weights(observation: Observation) -> tuple[torch.Tensor, ...]:

@@ -49,8 +49,9 @@ from deepleak.labels import classifier_fit
 from deepleak.labels.base import counts_to_labels, dummy_images, last_layer_gradient, probe
 from deepleak.labels.classifier_fit import ClassifierUpdate, shared_weights
 from deepleak.labels.zeroshot import ZeroShot
-from deepleak.scenarios.base import Observation, set_bn_mode
-from deepleak.scenarios.fedavg import local_sgd
+from deepleak.scenarios.base import Observation
+from deepleak.scenarios.recipe import set_bn_mode
+from deepleak.scenarios.recipe import local_sgd
 
 log = logging.getLogger(__name__)
 

@@ -95,18 +95,3 @@ class Observation:
         """The shared gradient (or pseudo-gradient, see gradient_view) keyed by parameter name."""
         names = [name for name, _ in self.model.named_parameters()]
         return dict(zip(names, self.gradient_view().gradient))
-
-
-def set_bn_mode(model: nn.Module, mode: str) -> nn.Module:
-    """Put the model in eval mode except batch-norm layers, which follow ``mode``.
-
-    Returns the model. Dropout is never used by deepleak's victims, so eval elsewhere is exact.
-    """
-    if mode not in ("train", "eval"):
-        raise ValueError(f"bn_mode must be 'train' or 'eval', got {mode!r}")
-    model.eval()
-    if mode == "train":
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
-    return model

@@ -22,63 +22,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepleak.errors import DeepleakError
-from deepleak.models import features_and_logits
-from deepleak.scenarios.base import Observation, PrivateBatch, Recipe, set_bn_mode
-
-
-def epoch_orders(num_samples: int, epochs: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    """One permutation of range(N) per epoch (int64, (N,)); the identity when ``generator`` is None."""
-    if generator is None:
-        return [torch.arange(num_samples) for _ in range(epochs)]
-    return [torch.randperm(num_samples, generator=generator) for _ in range(epochs)]
-
-
-def step_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Split one epoch's order (N,) into its mini-batches of B (the last one may be smaller)."""
-    return list(torch.split(order, batch_size))
-
-
-def local_sgd(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    generator: torch.Generator | None,
-    after_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
-) -> int:
-    """The FedAvg recipe, in place on ``model``'s parameters: E epochs of plain SGD (no
-    momentum) on the mean cross-entropy over mini-batches of B, in the orders of
-    :func:`epoch_orders`. The client plays it on its private data; attackers replay the same
-    public recipe on dummy data.
-
-    ``after_step(step, indices, features, logits)`` runs after each update with the step
-    number (from 1), the batch's indices (b,) and its detached penultimate features (b, M) and
-    logits (b, C) at the weights the step started from. Returns the number of steps T.
-    """
-    parameters = list(model.parameters())
-    step = 0
-    for order in epoch_orders(len(labels), epochs, generator):
-        for indices in step_batches(order.to(labels.device), batch_size):
-            features, logits = features_and_logits(model, images[indices])
-            gradient = torch.autograd.grad(F.cross_entropy(logits, labels[indices]), parameters)
-            with torch.no_grad():
-                for parameter, g in zip(parameters, gradient):
-                    parameter.sub_(lr * g)
-            step += 1
-            if after_step is not None:
-                after_step(step, indices, features.detach(), logits.detach())
-    return step
+from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
+from deepleak.scenarios.recipe import local_sgd, set_bn_mode
 
 
 class FedAvg:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepleak.scenarios.base import Observation, PrivateBatch, Recipe, set_bn_mode
+from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
+from deepleak.scenarios.recipe import set_bn_mode
 
 
 class FedSGD:

@@ -22,6 +22,7 @@ from deepleak.config import make
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.runs import save_images, write_metrics
+from deepleak.runtime import resolve_device, trial_seeds
 from deepleak.scenarios.base import PrivateBatch
 
 log = logging.getLogger(__name__)
@@ -48,25 +49,6 @@ def validate(cfg: DictConfig) -> None:
             f"scenario.batch_size (the local mini-batch B = {local}) must be <= batch_size (the client's N = {cfg.batch_size})"
         )
     resolve_device(cfg.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an unavailable CUDA request is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DeepleakError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeepleakError(f"device={name} asked for CUDA, but no CUDA device is available; use device=auto")
-    return device
-
-
-def trial_seeds(seed: int, trial: int) -> dict[str, int]:
-    """Independent seeds for the batch, the model init and the attack of one trial."""
-    batch, model, attack = np.random.SeedSequence([seed, trial]).generate_state(3)
-    return {"batch": int(batch), "model": int(model), "attack": int(attack)}
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:

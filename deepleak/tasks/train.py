@@ -36,7 +36,7 @@ from deepleak.config import make
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.runs import write_metrics
-from deepleak.tasks.attack import resolve_device
+from deepleak.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

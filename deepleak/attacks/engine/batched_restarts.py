@@ -1,6 +1,6 @@
 """Restarts of one gradient-inversion attack as one batched computation.
 
-:class:`~deepleak.attacks.inversion.GradientInversion` runs its R restarts one after another.
+:class:`~deepleak.attacks.gradient_matching.GradientMatching` runs its R restarts one after another.
 They are independent: R dummy batches of K images, each matched against the same shared
 gradient. Here they run together: ``torch.func.vmap`` maps the per-restart objective
 
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from deepleak.attacks.second_order import FiniteDifference, norm
+from deepleak.attacks.engine.image_gradient import FiniteDifference, norm
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation
 
@@ -54,14 +54,14 @@ log = logging.getLogger(__name__)
 def check_batchable(attack) -> None:
     """Raise a DeepleakError when ``attack``'s restarts cannot run as one batch (callable at
     construction: it needs the settings only)."""
-    from deepleak.attacks.inversion import GradientInversion
+    from deepleak.attacks.gradient_matching import GradientMatching
 
     for method in ("matching_distance", "objective", "prepare", "loss_labels"):
-        if getattr(type(attack), method, None) is not getattr(GradientInversion, method, None):
+        if getattr(type(attack), method, None) is not getattr(GradientMatching, method, None):
             # A subclass with its own objective (snapshots, DLG's labels): batching it would
-            # silently optimise GradientInversion's instead.
+            # silently optimise GradientMatching's instead.
             raise DeepleakError(
-                f"batched restarts support GradientInversion's own objective; {type(attack).__name__} "
+                f"batched restarts support GradientMatching's own objective; {type(attack).__name__} "
                 f"overrides {method}; run its restarts sequentially"
             )
     if getattr(attack.optimizer, "func", attack.optimizer) is torch.optim.LBFGS:
@@ -160,7 +160,7 @@ class BatchedObjective:
 
 class BatchedFiniteDifference(BatchedObjective):
     """The attack's objective over R restarts at once, each restart's image gradient by
-    ``route`` (a calibrated :class:`~deepleak.attacks.second_order.FiniteDifference`):
+    ``route`` (a calibrated :class:`~deepleak.attacks.engine.image_gradient.FiniteDifference`):
 
         u_r = dD/dg at g_r = grad_theta L(x_r; theta),   e_r = step ||theta|| / ||u_r||
         forward:  (grad_x L(x_r; theta + e_r u_r) - grad_x L(x_r; theta)) / e_r
@@ -219,8 +219,8 @@ def _per_restart(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, seed: int = 0):
     """What ``attack.reconstruct(observation, labels, seed)`` returns, with the restarts run
-    as one batch. ``attack`` is a GradientInversion with an elementwise optimiser."""
-    from deepleak.attacks.inversion import Reconstruction
+    as one batch. ``attack`` is a GradientMatching with an elementwise optimiser."""
+    from deepleak.attacks.gradient_matching import Reconstruction
 
     check_batchable(attack)
     model, target, device = attack.prepare(observation)

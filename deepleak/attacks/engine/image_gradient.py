@@ -23,7 +23,7 @@ mixed second derivative:
 Kinks: across a ReLU's kink or a max-pool's change of winner the input gradient jumps, and a
 difference across the jump is meaningless. The exact double backward holds every kink fixed,
 so the passes at theta + e u replay the pattern of the pass at theta
-(:mod:`deepleak.attacks.kinks`): ReLU and MaxPool2d victims work (ImageNet's ResNet-18 agrees
+(:mod:`deepleak.attacks.engine.kinks`): ReLU and MaxPool2d victims work (ImageNet's ResNet-18 agrees
 to 0.99997 in float32); other kinks (LeakyReLU, SELU, hard activations) are refused.
 
 What the passes skip: the moved pass points the model's own parameters at moved tensors and
@@ -31,7 +31,7 @@ back (no functional call; theta is never written) and asks for no parameter grad
 prior of the images alone rides in the moved pass (TV, with a closed-form gradient, is added
 directly by the caller); and the image-facing convolution's
 input gradient is left out of both passes and formed once from the two
-(:func:`deepleak.attacks.step.combine_deferred`).
+(:func:`deepleak.attacks.engine.step.combine_deferred`).
 
 The right step depends on the model's curvature (a 4-channel ResNet wants 100x smaller steps
 than a 64-channel one) and on the float precision. So every reconstruction first computes the
@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepleak.attacks.kinks import FrozenMaxPool2d, freeze_kinks
-from deepleak.attacks.step import Deferral, combine_deferred, deferring, fast_double_backward, fast_input_gradient
+from deepleak.attacks.engine.kinks import FrozenMaxPool2d, freeze_kinks
+from deepleak.attacks.engine.step import Deferral, combine_deferred, deferring, fast_double_backward, fast_input_gradient
 from deepleak.errors import DeepleakError
 
 # Layers whose gradient jumps: a difference of input gradients across the jump is meaningless.
@@ -88,7 +88,7 @@ class DoubleBackward:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The attacker's model copy, with convolutions whose double backward skips work the
-        attack never uses (:func:`deepleak.attacks.step.fast_double_backward`)."""
+        attack never uses (:func:`deepleak.attacks.engine.step.fast_double_backward`)."""
         return fast_double_backward(model)
 
     def __repr__(self) -> str:
@@ -129,8 +129,8 @@ class FiniteDifference:
 
     def prepare_model(self, model: nn.Module, freeze: bool = True) -> nn.Module:
         """The attacker's model copy, its image-facing convolutions on a faster input gradient
-        (:func:`deepleak.attacks.step.fast_input_gradient`) and, with ``freeze``, its ReLU and
-        max-pooling layers frozen between the passes (:mod:`deepleak.attacks.kinks`); a
+        (:func:`deepleak.attacks.engine.step.fast_input_gradient`) and, with ``freeze``, its ReLU and
+        max-pooling layers frozen between the passes (:mod:`deepleak.attacks.engine.kinks`); a
         DeepleakError if a layer whose gradient jumps is left (:data:`NON_SMOOTH`)."""
         pattern = freeze_kinks(model) if freeze else None
         model._deepleak_kinks = pattern

@@ -1,13 +1,13 @@
 """Gradient inversion: optimise dummy images until their gradient matches the shared one.
 
-The attacker's side of the threat model: :meth:`GradientInversion.reconstruct` receives an
+The attacker's side of the threat model: :meth:`GradientMatching.reconstruct` receives an
 Observation (public model, recipe, shared gradient) and the restored labels, never the
 private batch. Labels stay fixed (hard labels) during the optimisation, except in attacks
 that optimise them (``optimises_labels``, e.g. :class:`deepleak.attacks.dlg.DLG`).
 
 One loop serves every recipe: the parts (distance, priors, optimiser, schedule) come from
 config, restarts compete on the gradient distance, and an optional
-:class:`~deepleak.attacks.group.GroupConsistency` runs G candidates per restart.
+:class:`~deepleak.attacks.parts.group.GroupConsistency` runs G candidates per restart.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from deepleak.attacks.batched import check_batchable, reconstruct_batched
-from deepleak.attacks.group import GroupConsistency
-from deepleak.attacks.kernels import check_choice, choose, conv_kernels
-from deepleak.attacks.priors import attach_priors, detach_priors
-from deepleak.attacks.second_order import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference
+from deepleak.attacks.engine.batched_restarts import check_batchable, reconstruct_batched
+from deepleak.attacks.parts.group import GroupConsistency
+from deepleak.attacks.engine.conv_kernels import check_choice, choose, conv_kernels
+from deepleak.attacks.parts.prior import attach_priors, detach_priors
+from deepleak.attacks.engine.image_gradient import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference
 from deepleak.errors import DeepleakError
-from deepleak.scenarios.base import Observation, set_bn_mode
+from deepleak.scenarios.base import Observation
+from deepleak.scenarios.recipe import set_bn_mode
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class _Stop(Exception):
     """Raised inside the closure when the wall-clock budget or the evaluation cap is spent."""
 
 
-class GradientInversion:
+class GradientMatching:
     """Minimise ``distance(grad L(x, y), g) + sum(priors(x))`` over dummy images x.
 
     - ``optimizer``: a partial that takes the parameter list (e.g. torch.optim.LBFGS).
@@ -98,14 +99,14 @@ class GradientInversion:
     - ``box``: clamp the images to [0, 1] after every step.
     - ``budget_s``: wall-clock cap for the whole reconstruction; the best result so far is kept.
     - ``group``: optional group consistency (G candidates per restart, see
-      :mod:`deepleak.attacks.group`).
+      :mod:`deepleak.attacks.parts.group`).
     - ``max_evaluations``: cap on the gradient evaluations of the optimisation over all
       restarts and group members, split evenly between restarts (scoring the kept iterate
       is not counted). Recipes with different optimisers get equal budgets this way.
     - ``batched_restarts``: run all restarts as one torch.func.vmap computation
-      (:mod:`deepleak.attacks.batched`; elementwise optimisers, no group, no BN prior).
+      (:mod:`deepleak.attacks.engine.batched_restarts`; elementwise optimisers, no group, no BN prior).
     - ``image_gradient``: how the step differentiates the gradient distance with respect to
-      the images (:mod:`deepleak.attacks.second_order`): the exact double backward (default)
+      the images (:mod:`deepleak.attacks.engine.image_gradient`): the exact double backward (default)
       or finite differences of first-order input gradients (ReLU and max-pool kinks frozen; 1.8-2.8x a
       training step instead of 3.3-4.4x).
 
@@ -154,11 +155,11 @@ class GradientInversion:
         self.max_evaluations = max_evaluations
         self.batched_restarts = batched_restarts
         self.image_gradient = image_gradient if image_gradient is not None else DoubleBackward()
-        if not self.image_gradient.exact and type(self).matching_distance is not GradientInversion.matching_distance:
-            # The finite-difference route evaluates GradientInversion's distance; a subclass
+        if not self.image_gradient.exact and type(self).matching_distance is not GradientMatching.matching_distance:
+            # The finite-difference route evaluates GradientMatching's distance; a subclass
             # with a distance of its own (snapshots) would silently get the wrong gradient.
             raise DeepleakError(
-                f"attack.image_gradient={self.image_gradient.name} supports GradientInversion's own distance; "
+                f"attack.image_gradient={self.image_gradient.name} supports GradientMatching's own distance; "
                 f"{type(self).__name__} overrides it; use attack/image_gradient=double_backward"
             )
         if batched_restarts:
@@ -304,7 +305,7 @@ class GradientInversion:
         return agreement
 
     def choose_kernels(self, model, labels, target, observation: Observation, seed: int, device) -> str:
-        """The CPU convolution kernels the restarts run on (:mod:`deepleak.attacks.kernels`):
+        """The CPU convolution kernels the restarts run on (:mod:`deepleak.attacks.engine.conv_kernels`):
         ``conv_kernels`` itself, or for ``auto`` the faster for one evaluation of this attack
         on a random draw of its own (the restarts' random stream is untouched)."""
         if self.conv_kernels != "auto":

@@ -5,7 +5,7 @@ A prior is a callable ``prior(images) -> scalar tensor`` on one candidate batch
 the optimisation (nothing is detached but constants such as the model's running statistics).
 
 A prior that needs the victim's activations also has ``attach(model) -> str | None`` and
-``detach()``. :class:`~deepleak.attacks.inversion.GradientInversion` attaches it to the
+``detach()``. :class:`~deepleak.attacks.gradient_matching.GradientMatching` attaches it to the
 attacker's model copy before the optimisation; the prior then reads what forward hooks
 collected during the matching forward pass of the same candidate (no second forward), so it
 must be called after that pass. ``attach`` returns None when the prior is active, else the

@@ -181,16 +181,14 @@ def job_override_sets(overrides: list[str]) -> list[list[str]]:
     return sets
 
 
-def precheck(args: list[str], config_name: str = "config", validate: Any = None, command: str = "attack") -> None:
+def precheck(args: list[str], validate: Any, config_name: str = "config", command: str = "attack") -> None:
     """Compose ``config_name`` for every job the command line asks for, check every
-    ``_target_`` node against its constructor and run ``validate(cfg)`` (default: the attack
-    task's), so a typo, an unknown option or a wrong type stops the command before any work."""
+    ``_target_`` node against its constructor and run ``validate(cfg)`` (the task's own
+    checks), so a typo, an unknown option or a wrong type stops the command before any work."""
     from hydra import compose, initialize_config_dir  # noqa: PLC0415
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
 
     from deepleak.errors import DeepleakError  # noqa: PLC0415
-    if validate is None:
-        from deepleak.tasks.attack import validate  # noqa: PLC0415
 
     modes = [item for item in args if item in MODE_FLAGS]
     if len({MODE_FLAGS[item] for item in modes}) > 1:

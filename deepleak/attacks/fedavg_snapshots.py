@@ -5,7 +5,7 @@ server sees W_0, W_k, W_2k, ..., W_T. Each segment [a, b] gives a pseudo-gradien
 (W_a - W_b) / (eta (b - a)) at the model W_a, and the dummy images (all N, restored labels,
 fixed) must explain every segment at once: the objective is the sum over segments of
 ``distance(grad_W L(x, y) at W_a, pseudo-gradient of [a, b])`` plus the priors. It reuses
-GradientInversion's optimiser loop, restarts and budget.
+GradientMatching's optimiser loop, restarts and budget.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 import torch
 
-from deepleak.attacks.inversion import GradientInversion
+from deepleak.attacks.gradient_matching import GradientMatching
 from deepleak.errors import DeepleakError
 from deepleak.labels.fedavg import with_weights
-from deepleak.scenarios.base import Observation, set_bn_mode
+from deepleak.scenarios.base import Observation
+from deepleak.scenarios.recipe import set_bn_mode
 
 
 def segments(observation: Observation) -> list[tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]]:
@@ -36,8 +37,8 @@ def segments(observation: Observation) -> list[tuple[tuple[torch.Tensor, ...], l
     return result
 
 
-class SnapshotInversion(GradientInversion):
-    """GradientInversion over every snapshot segment jointly (same settings)."""
+class FedAvgSnapshots(GradientMatching):
+    """GradientMatching over every snapshot segment jointly (same settings)."""
 
     def matching_distance(self, model, images, labels, target):
         """Summed gradient distance; ``model`` and ``target`` are per-segment lists."""

@@ -1,6 +1,6 @@
 """Frozen kinks: ReLU and max-pooling as fixed linear maps between two passes.
 
-The finite-difference image gradient (:mod:`deepleak.attacks.second_order`) differences two
+The finite-difference image gradient (:mod:`deepleak.attacks.engine.image_gradient`) differences two
 input gradients, at theta and at theta + e u. Across a kink (a ReLU unit that changes sign,
 a max-pool window whose winner changes) the input gradient jumps, and the difference
 quotient is meaningless. But autograd's exact double backward treats every kink as fixed:

@@ -1,4 +1,4 @@
-"""Replay: reconstruct a FedAvg client's data by re-running its local training differentiably.
+"""FedAvgReplay: reconstruct a FedAvg client's data by re-running its local training differentiably.
 
 Dimitrov et al., "Data Leakage in Federated Averaging" (TMLR 2022); PAPER.md section 3. The
 attacker simulates the client's E x ceil(N/B) plain-SGD steps from W_0 on dummy images with
@@ -69,12 +69,13 @@ from scipy.optimize import linear_sum_assignment
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from deepleak.attacks.inversion import Reconstruction, check_loop_settings
-from deepleak.attacks.second_order import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference, norm
-from deepleak.batch_order import batch_sizes, relaxed_assignment, round_assignment, start_logits, step_shares
+from deepleak.attacks.gradient_matching import Reconstruction, check_loop_settings
+from deepleak.attacks.engine.image_gradient import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference, norm
+from deepleak.attacks.assignment import batch_sizes, relaxed_assignment, round_assignment, start_logits, step_shares
 from deepleak.errors import DeepleakError
-from deepleak.scenarios.base import Observation, set_bn_mode
-from deepleak.scenarios.fedavg import step_batches
+from deepleak.scenarios.base import Observation
+from deepleak.scenarios.recipe import set_bn_mode
+from deepleak.scenarios.recipe import step_batches
 
 log = logging.getLogger(__name__)
 
@@ -360,17 +361,17 @@ def psnr_db(x: torch.Tensor, y: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
-class Replay:
+class FedAvgReplay:
     """Minimise ``distance(pseudo-gradient of the replayed client, observed one) + priors``.
 
-    Settings as in GradientInversion (``distance``, ``optimizer``, ``priors``, ``iterations``,
+    Settings as in GradientMatching (``distance``, ``optimizer``, ``priors``, ``iterations``,
     ``restarts``, ``box``, ``budget_s``, ``log_every``), plus ``mode`` (shared | per_epoch),
     ``epoch_prior`` (weight of the epoch-order-invariant prior, per_epoch mode),
     ``realign_every`` (evaluations between re-matchings of the copies) and
     ``checkpoint_every`` (steps between stored weights; 0: ceil(sqrt(T)) for small weights,
     else W_0 only with bisection in between) and ``image_gradient`` (the reverse steps by
     double backward, default, or by finite differences on smooth victims, calibrated and
-    checked against the exact gradient at the start as in GradientInversion).
+    checked against the exact gradient at the start as in GradientMatching).
     ``assignment``: random (every epoch's batch order drawn from the seed, as in the
     literature) or learned (relaxed and optimised for ``assignment_iterations`` optimiser steps
     from ``assignment_starts`` starts, the lowest relaxed distance kept, before ``iterations``

@@ -14,7 +14,7 @@ concatenated vector, and on CPU the scalars as Python numbers: per-operation ove
 arithmetic, is their cost. ``functional`` is the same value in plain differentiable torch
 ops, for torch.func transforms (vmap, grad) and as the reference the tests compare against.
 
-``direction`` serves the finite-difference image gradient (:mod:`deepleak.attacks.second_order`),
+``direction`` serves the finite-difference image gradient (:mod:`deepleak.attacks.engine.image_gradient`),
 which needs the value and dD/dc but no graph: both distances have dD/dc = alpha c + beta t,
 so it returns the value, the two coefficients and ||dD/dc||, and the caller moves the
 parameters along it without the gradient ever being materialised. ``restart_direction`` is

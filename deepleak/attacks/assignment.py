@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from deepleak.scenarios.fedavg import step_batches
+from deepleak.scenarios.recipe import step_batches
 
 # Scale of the random logits a learned order starts from (near the uniform assignment).
 START_NOISE = 0.1

@@ -1,0 +1,1 @@
+"""The speed engine: how the attacks differentiate, on which kernels, how many restarts at once, and in how much memory."""
