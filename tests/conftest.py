@@ -7,6 +7,14 @@ import pytest
 import torch
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that runs the real CLI (the ``deepleak`` fixture) or lives in tests/e2e is
+    marked ``e2e``, so ``-m 'not e2e'`` gives the in-process suite alone."""
+    for item in items:
+        if "deepleak" in getattr(item, "fixturenames", ()) or "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tests use one torch thread: on a 2-core machine shared with other processes,

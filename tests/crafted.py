@@ -1,9 +1,16 @@
-"""Crafted label-restoration cases whose answer is known exactly, shared by the label tests."""
+"""Crafted cases whose answer is known exactly (label restoration) and a small real attack
+case, shared by tests in several folders (tests/ is on pytest's pythonpath)."""
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
-from deepleak.models import build_model
+from deepleak.attacks import GradientMatching
+from deepleak.attacks.parts.distance import L2
+from deepleak.data import SampleDataset
+from deepleak.models import LeNet, build_model
+from deepleak.scenarios import FedSGD, PrivateBatch
 from deepleak.scenarios.base import Observation, Recipe
 
 LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}
@@ -72,3 +79,18 @@ def unrolled_classifier_residual(update, start, y, end=None, exponent=1.0):
     if b is not None:
         error = error + (b - update.b0 - update.db).pow(2).sum() / update.db.pow(2).sum()
     return error
+
+
+# --- a small real attack case: sample-set images, untrained LeNet, FedSGD ----------------
+def observe(k: int, width: int = 12, seed: int = 0, classes: int = 10):
+    data = SampleDataset(num_classes=classes, resolution=32, crops_per_class=4)
+    indices = [c * 4 for c in range(k)]  # distinct classes
+    images, labels = data.batch(indices)
+    torch.manual_seed(seed)
+    model = LeNet(classes, width=width)
+    return FedSGD().observe(model, PrivateBatch(images, labels), classes), images, labels
+
+
+def lbfgs(iterations: int, **kw) -> GradientMatching:
+    optimizer = functools.partial(torch.optim.LBFGS, lr=1.0, max_iter=20, history_size=100, line_search_fn="strong_wolfe")
+    return GradientMatching(L2(), optimizer, iterations=iterations, box=False, **kw)

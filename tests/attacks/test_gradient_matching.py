@@ -10,26 +10,11 @@ from deepleak.attacks import GradientMatching
 from deepleak.attacks.parts.distance import L2, Cosine
 from deepleak.attacks.parts.prior import TotalVariation
 from deepleak.attacks.parts.scheduler import step_decay
-from deepleak.data import SampleDataset
 from deepleak.errors import DeepleakError
 from deepleak.labels import ZeroShot
 from deepleak.metrics import psnr
-from deepleak.models import LeNet
-from deepleak.scenarios import FedSGD, PrivateBatch
 
-
-def observe(k: int, width: int = 12, seed: int = 0, classes: int = 10):
-    data = SampleDataset(num_classes=classes, resolution=32, crops_per_class=4)
-    indices = [c * 4 for c in range(k)]  # distinct classes
-    images, labels = data.batch(indices)
-    torch.manual_seed(seed)
-    model = LeNet(classes, width=width)
-    return FedSGD().observe(model, PrivateBatch(images, labels), classes), images, labels
-
-
-def lbfgs(iterations: int, **kw) -> GradientMatching:
-    optimizer = functools.partial(torch.optim.LBFGS, lr=1.0, max_iter=20, history_size=100, line_search_fn="strong_wolfe")
-    return GradientMatching(L2(), optimizer, iterations=iterations, box=False, **kw)
+from crafted import lbfgs, observe
 
 
 def test_batch_of_one_is_recovered_above_30_db():

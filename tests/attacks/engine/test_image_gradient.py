@@ -19,7 +19,7 @@ from deepleak.metrics import psnr
 from deepleak.models import LeNet, ResNet18, ResNet18ImageNet
 from deepleak.scenarios.recipe import set_bn_mode
 
-from test_attack import lbfgs, observe
+from crafted import lbfgs, observe
 
 
 def cosine(a, b):
