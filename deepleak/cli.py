@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from deepleak.config import register
+from deepleak.config import chosen_group_appends, register
 from deepleak.errors import DeepleakError
 from deepleak.runtime import set_threads
 from deepleak.runs import archive_previous, find_sweep, is_complete, record_attempt, set_status
@@ -28,7 +28,8 @@ USAGE = """usage: deepleak attack [OVERRIDE ...] [-m]
        deepleak report DIR [DIR ...] [--out PATH]
 
   deepleak attack                         FedSGD on the embedded sample set
-  deepleak attack +scenario=fedavg        (another scenario)
+  deepleak attack scenario=fedavg         (another scenario; +scenario=fedavg works too)
+  deepleak attack -m +experiment=paper_fedavg   (a preset sweep; scale=smoke|cpu|paper)
   deepleak attack batch_size=8 attack=ig  (override any config value)
   deepleak attack -m batch_size=1,2,4     (a sweep)
   deepleak attack --cfg job               (print the composed config)
@@ -36,66 +37,6 @@ USAGE = """usage: deepleak attack [OVERRIDE ...] [-m]
   deepleak train model=resnet18 epochs=5  (a trained victim: checkpoint.pt in its run dir)
   deepleak report outputs/multirun/<date>/<time>   (tables and figures of a sweep)
 """
-
-SCENARIO_KEYS = ("scenario", "+scenario", "++scenario", "~scenario")
-
-
-def with_default_scenario(overrides: list[str]) -> list[str]:
-    """Add ``+scenario=fedsgd`` unless a scenario is given; accept ``scenario=X`` too.
-
-    The scenario group is not in the primary defaults so that the literal
-    ``+scenario=fedavg`` (an append) works; this supplies FedSGD when it is absent.
-    """
-    result, given = [], False
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if key.lstrip("+") == "experiment" and "=" in item and experiment_sets_scenario(item.split("=", 1)[1]):
-            given = True
-        if key in SCENARIO_KEYS:
-            given = True
-            if key == "scenario":
-                item = "+" + item
-        result.append(item)
-    if not given:
-        # Next to the user's first override: argparse takes Hydra's overrides as one run of
-        # positionals, so one appended after a flag (``attack=ig --cfg job``) would be rejected.
-        result.insert(_first_override_end(result), "+scenario=fedsgd")
-    return result
-
-
-def _first_override_end(items: list[str]) -> int:
-    """The position just after the first override in ``items`` (flags and their values, as
-    in ``--cfg job``, are skipped); ``len(items)`` when there is none."""
-    from deepleak.config import FLAGS_WITH_VALUE  # noqa: PLC0415
-
-    skip = False
-    for index, item in enumerate(items):
-        if skip:
-            skip = False
-        elif item in FLAGS_WITH_VALUE:
-            skip = True
-        elif not item.startswith("-"):
-            return index + 1
-    return len(items)
-
-
-def experiment_sets_scenario(names: str) -> bool:
-    """Whether the preset(s) ``names`` (``a`` or a sweep ``a,b``) choose a scenario themselves
-    (a ``/scenario: ...`` entry in their defaults list)."""
-    from omegaconf import OmegaConf  # noqa: PLC0415
-
-    from deepleak.config import config_dir  # noqa: PLC0415
-
-    for name in names.split(","):
-        path = config_dir() / "experiment" / f"{name.strip()}.yaml"
-        if path.is_file():
-            for entry in OmegaConf.load(path).get("defaults", []):
-                keys = entry.keys() if OmegaConf.is_dict(entry) else []
-                # "/scenario: fedavg" or "override /scenario: fedavg"
-                if any(str(key).split()[-1].lstrip("/") == "scenario" for key in keys):
-                    return True
-    return False
-
 
 def fail(message: str) -> None:
     sys.stderr.write(f"deepleak: error: {message}\n")
@@ -138,7 +79,8 @@ def run_job(task, cfg: DictConfig) -> None:
 
 def launch(command: str, config_name: str, task, validate, args: list[str]) -> None:
     """Check the command line (one line and exit 2 on a user error), then run ``task`` as
-    the Hydra app of ``conf/<config_name>.yaml``, one status-marked job per run."""
+    the Hydra app of ``conf/<config_name>.yaml``, one status-marked job per run. ``args``
+    come through :func:`deepleak.config.chosen_group_appends` (``+scenario=x`` -> ``scenario=x``)."""
     from deepleak.config import precheck  # noqa: PLC0415
 
     try:
@@ -157,14 +99,15 @@ def launch(command: str, config_name: str, task, validate, args: list[str]) -> N
 def attack_command(args: list[str]) -> None:
     from deepleak.tasks.attack import run, validate  # noqa: PLC0415
 
-    overrides = with_default_scenario(args)
+    overrides = chosen_group_appends(args, "config")
     launch("attack", "config", run, validate, resume_target(overrides))
     report_failed_jobs(overrides)
 
 
 def report_failed_jobs(args: list[str]) -> None:
     """After a sweep: one line per failed job, and exit code 1 if any failed."""
-    from deepleak.config import RESERVED, split_flags  # noqa: PLC0415
+    from deepleak.config import split_flags  # noqa: PLC0415
+    from deepleak.runs import RESERVED  # noqa: PLC0415
     from deepleak.runs import read_status  # noqa: PLC0415
 
     overrides, multirun, skip = split_flags(args)
@@ -219,7 +162,7 @@ def train_command(args: list[str]) -> None:
     from deepleak.config.train import register_train  # noqa: PLC0415
 
     register_train()
-    launch("train", "train", run, validate, args)
+    launch("train", "train", run, validate, chosen_group_appends(args, "train"))
 
 
 COMMANDS = {"attack": attack_command, "train": train_command, "report": report_command}

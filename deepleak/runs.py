@@ -1,6 +1,6 @@
 """The run dir: status markers, metrics and images, written so that nothing is lost.
 
-Hydra creates the dir (see ``deepleak_unique_dir`` in deepleak.config) and writes the
+Hydra creates the dir (:func:`unique_dir`, the ``deepleak_unique_dir`` resolver) and writes the
 composed config under ``.hydra/`` and the log; this module adds the rest. Files are written
 to a temporary name and renamed, so a killed run never leaves half a ``metrics.json``.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,28 @@ def find_sweep(base: Path, task_overrides: list[str]) -> Path | None:
         if sorted(o for o in task if not o.split("=", 1)[0].lstrip("+~") == "resume") == wanted:
             return path.parent
     return None
+
+
+RESERVED: dict[str, str] = {}  # base -> the dir this process reserved last
+
+
+def unique_dir(base: str) -> str:
+    """Reserve and return ``base/<date>/<time to microseconds>`` that no one else has.
+
+    The dir is created here with an exclusive mkdir, so two processes started in the same
+    microsecond (or on two hosts sharing a file system) still get different dirs: the loser
+    adds ``-1``, ``-2``, ...
+    """
+    now = datetime.now()
+    parent = Path(base) / now.strftime("%Y-%m-%d")
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = now.strftime("%H-%M-%S-%f")
+    for attempt in range(1000):
+        candidate = parent / (stem if attempt == 0 else f"{stem}-{attempt}")
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        RESERVED[base] = str(candidate)
+        return str(candidate)
+    raise RuntimeError(f"could not reserve a run dir under {parent}")

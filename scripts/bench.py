@@ -168,7 +168,7 @@ def deepleak_runner(observation, labels, finite_difference: bool = False) -> Cal
         # The self-check refuses a victim with unfrozen kinks here. auto's choice is then kept:
         # its timing at every reconstruction is a one-time cost whose length depends on what
         # it tries, which the differencing of two runs would not cancel.
-        attack.conv_kernels = attack.reconstruct(observation, labels, seed=0).conv_kernels
+        attack.conv_kernels = attack.reconstruct(observation, labels, seed=0).extras["conv_kernels"]
     elif not fast_path_integrated(attack, observation):
         attack.prepare = _with_fast_double_backward(attack.prepare)
 
@@ -407,7 +407,7 @@ def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.devi
     batch = PrivateBatch(torch.rand(n, 3, pixels, pixels, generator=generator).to(device),
                          (torch.arange(n) % NUM_CLASSES).to(device))
     lr = 1e-3
-    observation = FedAvg(batch_size=b, epochs=epochs, lr=lr).observe(model, batch, NUM_CLASSES)
+    observation = FedAvg(local_batch_size=b, epochs=epochs, lr=lr).observe(model, batch, NUM_CLASSES)
     schedule = [(i.to(device), y) for i, y in
                 make_schedule(batch.labels, epochs, b, torch.Generator().manual_seed(1), copies=False)]
     start = [p.detach() for p in observation.model.parameters()]

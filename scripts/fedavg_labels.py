@@ -1,4 +1,4 @@
-"""FedAvg label accuracy over E x eta (PAPER.md section 7's grid), methods side by side.
+"""FedAvg label accuracy over E x eta (the grid of docs/method.md, findings that shaped the defaults), methods side by side.
 
     OMP_NUM_THREADS=1 python scripts/fedavg_labels.py [--clients 20] [--first 0] [--methods pseudo,interpolated,simulated]
 
@@ -25,7 +25,7 @@ from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 from deepleak.runtime import trial_seeds
 
-PROTOTYPE = {  # PAPER.md section 7: (pseudo, start/end)
+PROTOTYPE = {  # docs/method.md (findings that shaped the defaults): (pseudo, start/end)
     (0.1, 1): (0.39, 0.56), (0.1, 5): (0.19, 0.67), (0.1, 10): (0.17, 0.67),
     (0.01, 1): (0.65, 0.87), (0.01, 5): (0.37, 0.73), (0.01, 10): (0.29, 0.70),
     (0.001, 1): (0.97, 0.98), (0.001, 5): (0.75, 0.97), (0.001, 10): (0.62, 0.91),
@@ -74,7 +74,7 @@ def main() -> None:
         for epochs in [int(x) for x in args.epochs.split(",")]:
             scores = {name: [] for name in names}
             started = time.perf_counter()
-            scenario = FedAvg(batch_size=args.b, epochs=epochs, lr=lr, seed=0)
+            scenario = FedAvg(local_batch_size=args.b, epochs=epochs, lr=lr, seed=0)
             for client in range(args.first, args.first + args.clients):
                 seeds = trial_seeds(0, client)
                 rng = np.random.default_rng(seeds["batch"])

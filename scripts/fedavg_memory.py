@@ -38,7 +38,7 @@ def one(model_name: str, epochs: int, per_epoch: int, how: str) -> None:
     model = build_model(cfg, 10, (3, 32, 32), seed=0)
     g = torch.Generator().manual_seed(0)
     batch = PrivateBatch(torch.rand(n, 3, 32, 32, generator=g), torch.randint(10, (n,), generator=g))
-    obs = FedAvg(batch_size=b, epochs=epochs, lr=0.001).observe(model, batch, 10)
+    obs = FedAvg(local_batch_size=b, epochs=epochs, lr=0.001).observe(model, batch, 10)
     schedule = make_schedule(batch.labels, epochs, b, torch.Generator().manual_seed(1), copies=False)
     start = [p.detach() for p in obs.model.parameters()]
     target = list(obs.gradient_view().gradient)

@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     register()
-    base = ["+scenario=fedavg", "batch_size=8", "scenario.batch_size=4", "scenario.epochs=2", "scenario.lr=0.01",
+    base = ["scenario=fedavg", "batch_size=8", "scenario.local_batch_size=4", "scenario.epochs=2", "scenario.lr=0.01",
             f"trials={args.trials}", "save_images=false", f"attack.iterations={args.iterations}", "labels=fedavg_fitted",
             *args.overrides]
     results = {}

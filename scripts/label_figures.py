@@ -32,7 +32,7 @@ import torch
 from deepleak.errors import DeepleakError
 from deepleak.tasks.attack import run
 
-# The duplicates figure of PAPER.md section 5 (authors' plotting code), 0..8 duplicates.
+# The duplicates figure of docs/method.md (reference figures) (authors' plotting code), 0..8 duplicates.
 PAPER_GRADINVERSION = [99.6, 92.7, 87.1, 81.0, 74.6, 68.1, 62.3, 55.5, 49.4]
 PAPER_ZEROSHOT = [99.2, 99.0, 97.4, 99.4, 98.2, 99.2, 99.2, 98.2, 99.6]
 
@@ -42,13 +42,12 @@ def compose(*overrides: str):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from deepleak.cli import with_default_scenario
-    from deepleak.config import config_dir, register
+    from deepleak.config import chosen_group_appends, config_dir, register
 
     register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return hydra_compose(config_name="config", overrides=with_default_scenario(list(overrides)))
+        return hydra_compose(config_name="config", overrides=chosen_group_appends(list(overrides)))
 
 
 def method_overrides(spec: str) -> list[str]:
@@ -111,7 +110,6 @@ def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) ->
     One client gradient per trial instead of one per method and trial (ResNet-18 at K = 1024
     costs about a minute on 2 CPU cores)."""
     import numpy as np
-    from omegaconf import OmegaConf
 
     from deepleak import metrics
     from deepleak.config import make
@@ -124,9 +122,7 @@ def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) ->
     label_methods = {}
     for m in methods:
         # "zeroshot:refine=false" is labels=zeroshot with labels.refine=false.
-        labels_cfg = OmegaConf.to_container(compose(*method_overrides(m)).labels, resolve=True)
-        labels_cfg.pop("wrong", None)  # a task key (corrupting labels before reconstruction), not the method's
-        label_methods[m] = make(labels_cfg)
+        label_methods[m] = make(compose(*method_overrides(m)).labels)
     out = {m: {"acc": [], "label_s": []} for m in methods}
     wall = []
     for trial in range(trials):

@@ -41,20 +41,20 @@ def deepleak(tmp_path):
 
 @pytest.fixture
 def compose():
-    """Compose deepleak's config as the CLI would (FedSGD appended), without running Hydra."""
+    """Compose deepleak's config through Hydra's compose API, with the CLI's one rewrite of
+    the overrides (``+scenario=fedavg`` -> ``scenario=fedavg``), without running Hydra."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from deepleak.cli import with_default_scenario
-    from deepleak.config import config_dir, register
+    from deepleak.config import chosen_group_appends, config_dir, register
 
     register()
 
     def run(*overrides: str):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            return hydra_compose(config_name="config", overrides=with_default_scenario(list(overrides)))
+            return hydra_compose(config_name="config", overrides=chosen_group_appends(list(overrides)))
 
     yield run
     GlobalHydra.instance().clear()

@@ -10,7 +10,7 @@ from datetime import datetime
 import numpy as np
 import torch
 
-from deepleak import config, runs
+from deepleak import runs
 
 
 class FrozenClock(datetime):
@@ -20,16 +20,16 @@ class FrozenClock(datetime):
 
 
 def test_same_microsecond_gets_a_second_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "datetime", FrozenClock)
-    first = config.unique_dir(str(tmp_path))
-    second = config.unique_dir(str(tmp_path))
+    monkeypatch.setattr(runs, "datetime", FrozenClock)
+    first = runs.unique_dir(str(tmp_path))
+    second = runs.unique_dir(str(tmp_path))
     assert first.endswith("2026-01-02/03-04-05-678901")
     assert second == first + "-1"
     assert os.path.isdir(first) and os.path.isdir(second)
 
 
 def test_two_processes_started_together_write_two_dirs(tmp_path):
-    code = "from deepleak.config import unique_dir; print(unique_dir('out'))"
+    code = "from deepleak.runs import unique_dir; print(unique_dir('out'))"
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(4)]
     dirs = [p.communicate()[0].strip() for p in procs]
     assert len(set(dirs)) == 4

@@ -4,7 +4,8 @@ Dummy images and dummy label logits z (K, N), drawn from N(0, 1), are optimised 
 that the gradient of cross-entropy(model(x), softmax(z)) (soft labels as the target, mean
 over the batch) matches the shared one. No label restoration: the restored labels the task
 passes in only fix K and are otherwise ignored. The reported labels are argmax softmax(z);
-the task scores them as the labels this attack used (``optimises_labels``).
+the task scores them as the labels this attack used (``optimises_labels``: the result says
+``labels_from_attack``).
 """
 
 from __future__ import annotations

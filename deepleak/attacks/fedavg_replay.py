@@ -1,6 +1,6 @@
 """FedAvgReplay: reconstruct a FedAvg client's data by re-running its local training differentiably.
 
-Dimitrov et al., "Data Leakage in Federated Averaging" (TMLR 2022); PAPER.md section 3. The
+Dimitrov et al., "Data Leakage in Federated Averaging" (TMLR 2022); docs/method.md (image reconstruction). The
 attacker simulates the client's E x ceil(N/B) plain-SGD steps from W_0 on dummy images with
 the restored labels (fixed) and minimises the distance between the simulated pseudo-gradient
 (W_0 - W_T^sim) / (eta T) and the observed one (W_0 - W_T) / (eta T), plus image priors.
@@ -23,9 +23,7 @@ The batch order is unknown to the server. Handled as in Dimitrov et al.:
 
 The guessed assignment is often the largest error of the replay: each dummy carries its label,
 so a guess puts the wrong *labels* together in a step, and no images can make up for that once
-the weights travel far. Measured on the default LeNet (N = 8, B = 4, E = 2, eta = 0.01), the
-true images replayed in a random order sit at 15-25% of the target's squared norm, and the
-replay reaches 20.7 dB with the true order against 10.3 dB with a random one.
+the weights travel far (measured: docs/decisions.md, FedAvg replay).
 ``assignment='learned'`` (deepleak's, shared mode) therefore learns the order first: each
 epoch's assignment of the N samples to its ceil(N/B) steps is relaxed to a matrix with row sums
 the batch sizes and column sums 1 (Sinkhorn of free logits), every step's loss becomes the
@@ -33,97 +31,55 @@ assignment-weighted sum of all N per-sample losses, and the logits are optimised
 images for ``assignment_iterations`` steps; the matrix is then rounded to the nearest hard
 assignment (Hungarian) and the exact replay goes on from the images reached. The relaxed steps
 cost N/b times a hard step (all N samples per step), and see batch-norm statistics over all N.
-Measured on 20 such clients with restored labels (fedavg_fitted, 0.875 right), 100 L-BFGS
-steps: 13.02 dB against 9.05 dB for the pseudo-gradient route, ahead on 20 of 20 (+9.3 dB on
-the 3 clients whose labels were all right).
 
 Memory stays flat in T: the forward pass keeps only the weights at every
 ``checkpoint_every``-th step (default: W_0 alone, or every ceil(sqrt(T)) steps for small
-weights); the backward pass walks the steps in
-reverse, back-propagating through one SGD step at a time (a vector-Jacobian product through
-the step's own double backward) and recomputing the weights it needs by bisection of each
-segment with at most ``STORED_WEIGHTS`` stored weight sets (short stretches of small weights
-are stored whole), and hands freed heap pages back to the OS after each reverse step of a
-large model. Measured (scripts/bench.py, peak RSS growth, E = 10 over E = 1): ResNet-18 at
-32 px, N = B = 2, was 2.08x and 1.86x (two runs) with the former ceil(sqrt(T)) checkpoints,
-each of whose segments was kept whole, and is 1.49-1.73x now (five runs), for 10-25% more time per
-simulated step at E = 10 (recomputation); LeNet (0.3 MB of weights) keeps the former
-policy: 1.2-1.4x, time per step flat in T. The image
-gradient equals that of the fully unrolled graph (tests/test_fedavg.py and
-tests/test_replay.py check this).
+weights); the backward pass walks the steps in reverse, back-propagating through one SGD step
+at a time (a vector-Jacobian product through the step's own double backward) and recomputing
+the weights it needs by bisection of each segment with at most ``STORED_WEIGHTS`` stored
+weight sets (short stretches of small weights are stored whole), and hands freed heap pages
+back to the OS after each reverse step of a large model (:mod:`deepleak.attacks.engine.memory`).
+Memory and time against E: docs/decisions.md, FedAvg replay. The image gradient equals that of
+the fully unrolled graph (tests/attacks/test_fedavg_replay.py and tests/scenarios/test_fedavg.py
+check this).
+
+Both phases (the relaxed order, then the exact replay) run in the shared loop
+(:mod:`deepleak.attacks.loop`): budget, evaluation cap, interrupts and divergence as in
+GradientMatching.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
-from deepleak.attacks.gradient_matching import Reconstruction, check_loop_settings
-from deepleak.attacks.engine.image_gradient import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference, norm
 from deepleak.attacks.assignment import batch_sizes, relaxed_assignment, round_assignment, start_logits, step_shares
+from deepleak.attacks.engine.image_gradient import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference, norm
+from deepleak.attacks.engine.memory import release_freed_memory
+from deepleak.attacks.loop import (
+    Descent, Limits, Restart, check_loop_settings, deadline, descend, planned_steps, restart_cap,
+    run_restarts,
+)
+from deepleak.attacks.parts.protocols import Distance, Prior
+from deepleak.attacks.result import PSNR, Reconstruction
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation
-from deepleak.scenarios.recipe import set_bn_mode
-from deepleak.scenarios.recipe import step_batches
+from deepleak.scenarios.recipe import set_bn_mode, step_batches
 
 log = logging.getLogger(__name__)
 
-Distance = Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
-Prior = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class ReplayReconstruction(Reconstruction):
-    """A Reconstruction plus the replay's per-epoch view.
-
-    ``epoch_images`` (E, N, C, H, W): each epoch's dummies, matched to ``images`` (identical
-    to it in shared mode). ``epoch_agreement``: PSNR in dB of each epoch's matched copy against
-    ``images`` (inf in shared mode). ``weight_distance``: the final distance of the simulated
-    pseudo-gradient to the observed one (same as ``gradient_distance``).
-    """
-
-    epoch_images: torch.Tensor | None = None
-    epoch_agreement: list[float] | None = None
-    mode: str = "shared"
-    # The best restart's hard schedule: the variable indices of every step (T lists), and with
-    # assignment='learned' the weight distance at the end of the relaxed phase.
-    schedule: list[list[int]] | None = None
-    assignment: str = "random"
-    relaxed_distance: float | None = None
-
-
-def _libc_trim():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _libc_trim()
-TRIM_MIN_BYTES = 16 * 2**20
-
-
-def release_freed_memory(weights: list[torch.Tensor]) -> None:
-    """Hand the C heap's free pages back to the OS (glibc) after a reverse step of a large
-    model. glibc keeps freed blocks of 1-32 MB (a ResNet's weight tensors) in its heap, so
-    without this the process's resident memory keeps the high-water mark of every step's
-    temporaries. Skipped for small models, where the call would cost more than it frees."""
-    if _MALLOC_TRIM is not None and weights and weights[0].device.type == "cpu" and \
-            sum(w.numel() * w.element_size() for w in weights) >= TRIM_MIN_BYTES:
-        _MALLOC_TRIM(0)
+Schedule = list[tuple[torch.Tensor, torch.Tensor]]  # per step: (variable indices (b,), labels (b,))
 
 
 # Weight sets the reverse pass may store between checkpoints (see Client._reverse): 2 measured
@@ -141,7 +97,7 @@ class Client:
     and its buffers; ``schedule`` is a list of (variable indices (b,), labels (b,)) per step.
     ``sample_weights`` (T, b), when given, makes step t's loss the weighted sum
     sum_i w[t, i] CE_i over its b samples instead of their mean (the relaxed schedule of
-    :class:`Replay`'s ``assignment='learned'``); :meth:`backward` then also leaves
+    :class:`FedAvgReplay`'s ``assignment='learned'``); :meth:`backward` then also leaves
     d(objective)/d(sample_weights) in ``sample_weight_grad``. Soft steps always use the
     exact reverse step.
     """
@@ -357,17 +313,29 @@ def align(copies: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -
 
 
 def psnr_db(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of ``x`` against ``y`` (same shape, both clamped to [0, 1]); inf when equal."""
     mse = float(((x.clamp(0, 1) - y.clamp(0, 1)) ** 2).mean())
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def epoch_psnr(epoch_images: torch.Tensor, private_images: torch.Tensor, permutation: Sequence[int],
+               psnr: PSNR) -> dict[str, list[float]]:
+    """The replay's own score (a :class:`~deepleak.attacks.result.Reconstruction` scorer):
+    each epoch's dummies (E, N, C, H, W), matched to the answer, paired with the private
+    images (N, C, H, W) as the answer is and scored like it: mean PSNR in dB per epoch."""
+    truth = private_images.numpy()
+    return {"epoch_psnr": [float(np.mean(psnr(epoch[list(permutation)].numpy(), truth))) for epoch in epoch_images]}
 
 
 class FedAvgReplay:
     """Minimise ``distance(pseudo-gradient of the replayed client, observed one) + priors``.
 
     Settings as in GradientMatching (``distance``, ``optimizer``, ``priors``, ``iterations``,
-    ``restarts``, ``box``, ``budget_s``, ``log_every``), plus ``mode`` (shared | per_epoch),
-    ``epoch_prior`` (weight of the epoch-order-invariant prior, per_epoch mode),
-    ``realign_every`` (evaluations between re-matchings of the copies) and
+    ``restarts``, ``box``, ``budget_s``, ``log_every``, ``max_evaluations``: here a cap on the
+    exact replay's evaluations, each a forward and a reverse replay, split evenly between
+    restarts; the relaxed order's evaluations are not counted, as in ``evaluations``), plus
+    ``mode`` (shared | per_epoch), ``epoch_prior`` (weight of the epoch-order-invariant prior,
+    per_epoch mode), ``realign_every`` (evaluations between re-matchings of the copies) and
     ``checkpoint_every`` (steps between stored weights; 0: ceil(sqrt(T)) for small weights,
     else W_0 only with bisection in between) and ``image_gradient`` (the reverse steps by
     double backward, default, or by finite differences on smooth victims, calibrated and
@@ -376,6 +344,12 @@ class FedAvgReplay:
     literature) or learned (relaxed and optimised for ``assignment_iterations`` optimiser steps
     from ``assignment_starts`` starts, the lowest relaxed distance kept, before ``iterations``
     steps of the exact replay in the rounded order; shared mode; see the module docstring).
+
+    The result's extras: ``epoch_agreement`` (PSNR in dB of each epoch's matched copy against
+    the answer; inf in shared mode), ``replay_assignment`` (random | learned | leaked),
+    ``replay_schedule`` (the best restart's variable indices of every step, T lists) and
+    ``relaxed_distance`` (its relaxed phase's final weight distance, None without one); its
+    scorer adds ``epoch_psnr``.
     """
 
     def __init__(
@@ -396,8 +370,9 @@ class FedAvgReplay:
         assignment: str = "random",
         assignment_iterations: int = 50,
         assignment_starts: int = 1,
+        max_evaluations: int | None = None,
     ) -> None:
-        check_loop_settings(iterations, restarts, budget_s)
+        check_loop_settings(iterations, restarts, budget_s, max_evaluations)
         if mode not in ("shared", "per_epoch"):
             raise DeepleakError(f"attack.mode must be shared or per_epoch, got {mode!r}")
         if assignment not in ("random", "learned"):
@@ -426,6 +401,7 @@ class FedAvgReplay:
         self.assignment = assignment
         self.assignment_iterations = int(assignment_iterations)
         self.assignment_starts = int(assignment_starts)
+        self.max_evaluations = max_evaluations
 
     # ------------------------------------------------------------------ the objective
     def weight_distance(self, client: Client, start: list[torch.Tensor], variables: torch.Tensor,
@@ -465,7 +441,7 @@ class FedAvgReplay:
         return total, consensus
 
     # ------------------------------------------------------------------ the attack
-    def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> ReplayReconstruction:
+    def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> Reconstruction:
         """Reconstruct the N images behind ``observation.weights`` given N restored ``labels``."""
         if observation.weights is None:
             raise DeepleakError(f"the replay attack needs shared weights (+scenario=fedavg), got {observation.scenario}")
@@ -482,71 +458,72 @@ class FedAvgReplay:
         step_labels = observation.metadata.get("step_labels")
         shape = (n, *recipe.image_shape)
         begin = time.perf_counter()
-        deadline = begin + self.budget_s if self.budget_s else math.inf
+        cap = restart_cap(self.max_evaluations, self.restarts)
+        limits = Limits(planned_steps(self.iterations, cap, 1), deadline(self.budget_s, begin), cap)
         route = None if self.image_gradient.exact else self.image_gradient
         agreement = None
         if route is not None:
             model = route.prepare_model(model, freeze=False)  # its passes do not record a kink pattern
             agreement = self._calibrate(route, model, start, target, labels, recipe, step_labels, shape, seed)
+        learns = self._learns_order(recipe, step_labels)
 
-        best = None
-        distances: list[float] = []
-        evaluations = iterations_done = nonfinite = 0
-        stopped = False
-        for restart in range(self.restarts):
-            if time.perf_counter() >= deadline:
-                stopped = True
-                break
+        def restart(index: int) -> Restart:
             schedule, variables = self._draw(labels, recipe, step_labels, shape, generator, device)
             variables.requires_grad_(True)
-            relaxed = None
-            if self._learns_order(recipe, step_labels):
+            relaxed, interrupted = None, False
+            if learns:
                 # Several relaxed starts (fresh images and logits each); the lowest relaxed
                 # distance wins: measured, a start that found the order ends far lower.
                 for attempt in range(self.assignment_starts):
                     if attempt:
                         variables = self._draw(labels, recipe, step_labels, shape, generator, device)[1]
                         variables.requires_grad_(True)
-                    found, distance = self._learn_schedule(model, start, variables, labels, recipe, target,
-                                                           generator, deadline, restart)
+                    found, distance, descent = self._learn_schedule(model, start, variables, labels, recipe, target,
+                                                                    generator, limits.deadline, index)
                     if relaxed is None or distance < relaxed:
                         schedule, relaxed, kept = found, distance, variables.detach().clone()
+                    if descent.interrupted:
+                        interrupted = True
+                        break
                 variables = kept.requires_grad_(True)
             client = Client(model, recipe.lr, schedule, self.checkpoint_every, route)
-            result = self._run_restart(client, start, variables, labels, epochs, target, deadline, restart)
-            result.update(schedule=[indices.tolist() for indices, _ in schedule], relaxed=relaxed)
-            evaluations += result["evaluations"]
-            iterations_done += result["iterations"]
-            stopped = stopped or result["stopped"]
-            nonfinite += int(result["nonfinite"])
-            distances.append(result["distance"])
-            if best is None or result["distance"] < best["distance"]:
-                best = {**result, "restart": restart}
-        assert best is not None
-        return ReplayReconstruction(
-            images=best["images"].clamp(0, 1).cpu(),
+            if interrupted:  # the exact replay is skipped: the images reached so far are the answer
+                result = self._finish(client, start, variables, labels, epochs, target, Descent(interrupted=True))
+            else:
+                result = self._run_restart(client, start, variables, labels, epochs, target, limits, index)
+            result.answer.update(schedule=[indices.tolist() for indices, _ in schedule], relaxed=relaxed)
+            return result
+
+        restarts = run_restarts(self.restarts, restart, limits.deadline)
+        best = restarts.best
+        extras: dict[str, Any] = {}
+        if route is not None:
+            extras.update(image_gradient_agreement=agreement, image_gradient_step=route.current_step)
+        extras.update(
+            epoch_agreement=best.answer["agreement"],
+            replay_assignment="leaked" if step_labels is not None else ("learned" if learns else "random"),
+            replay_schedule=best.answer["schedule"],
+            relaxed_distance=best.answer["relaxed"],
+        )
+        return Reconstruction(
+            images=best.answer["images"].clamp(0, 1).cpu(),
             labels=labels.cpu(),
-            gradient_distance=best["distance"],
-            restart_distances=distances,
-            best_restart=best["restart"],
-            iterations=iterations_done,
-            evaluations=evaluations,
+            gradient_distance=best.distance,
+            restart_distances=restarts.distances,
+            best_restart=restarts.best_index,
+            iterations=restarts.iterations,
+            evaluations=restarts.evaluations,
             seconds=time.perf_counter() - begin,
-            nonfinite_restarts=nonfinite,
-            stopped_by_budget=stopped,
-            history=best["history"],
-            epoch_images=best["epoch_images"].clamp(0, 1).cpu(),
-            epoch_agreement=best["agreement"],
-            mode=self.mode,
-            image_gradient_agreement=agreement,
-            image_gradient_step=None if route is None else route.current_step,
-            schedule=best["schedule"],
-            assignment="leaked" if step_labels is not None else (
-                "learned" if self._learns_order(recipe, step_labels) else "random"),
-            relaxed_distance=best["relaxed"],
+            nonfinite_restarts=restarts.nonfinite,
+            stopped_by_budget=restarts.stopped_by_budget,
+            interrupted=restarts.interrupted,
+            history=best.descent.history,
+            stopped_by_evaluations=restarts.stopped_by_evaluations,
+            extras=extras,
+            scorers=[functools.partial(epoch_psnr, best.answer["epoch_images"].clamp(0, 1).cpu())],
         )
 
-    def _draw(self, labels, recipe, step_labels, shape, generator, device) -> tuple[list, torch.Tensor]:
+    def _draw(self, labels, recipe, step_labels, shape, generator, device) -> tuple[Schedule, torch.Tensor]:
         """(schedule, dummy variables) of one restart, from ``generator``: the batch order of
         every step, then uniform images (one copy per epoch in per_epoch mode)."""
         copies = self.mode == "per_epoch"
@@ -561,32 +538,32 @@ class FedAvgReplay:
         return (self.assignment == "learned" and step_labels is None and self.assignment_iterations > 0
                 and recipe.num_samples > recipe.batch_size)
 
-    def _learn_schedule(self, model, start, variables, labels, recipe, target, generator, deadline,
-                        restart) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float]:
+    def _learn_schedule(self, model, start, variables, labels, recipe, target, generator, stop_at: float,
+                        restart: int) -> tuple[Schedule, float, Descent]:
         """``assignment='learned'``: optimise ``variables`` (in place) and every epoch's relaxed
-        assignment jointly, then round it. Returns (the hard schedule, the relaxed phase's
-        final weight distance)."""
+        assignment jointly until ``stop_at`` (time.perf_counter()), then round it. Returns (the
+        hard schedule, the relaxed phase's final weight distance (inf if it diverged), its descent)."""
         n, epochs, device = len(labels), recipe.epochs, variables.device
         sizes = batch_sizes(n, recipe.batch_size)
         logits = start_logits(epochs, sizes, n, generator).to(device).requires_grad_(True)
         everyone = torch.arange(n, device=device)
         soft_schedule = [(everyone, labels)] * (epochs * len(sizes))
-
         optimizer = self.optimizer([variables, logits])
-        state = {"distance": math.inf}
 
-        def closure() -> torch.Tensor:
+        def evaluate() -> tuple[torch.Tensor, list[float]]:
             with torch.enable_grad():
                 weights = step_shares(logits, sizes)
             client = Client(model, recipe.lr, soft_schedule, self.checkpoint_every, None, weights.detach())
-            state["distance"], objective = self._evaluate(client, start, variables, target, labels, epochs, None)
+            distance, objective = self._evaluate(client, start, variables, target, labels, epochs, None)
             logits.grad = torch.autograd.grad(weights, logits, client.sample_weight_grad)[0]
-            return torch.as_tensor(objective)
+            return torch.as_tensor(objective), [distance]
 
-        nonfinite = self._descend(optimizer, closure, [variables, logits], self.assignment_iterations, deadline,
-                                  state, f"replay restart {restart} order")[2]
-        if nonfinite:
-            state["distance"] = math.inf  # never preferred over a start that stayed finite
+        descent = descend(optimizer, evaluate, [variables, logits], Limits(self.assignment_iterations, stop_at),
+                          box=self.box, what=f"replay restart {restart} order", measure="weight distance",
+                          log_every=self.log_every)
+        # A start that diverged is never preferred over one that stayed finite.
+        distance = descent.history[-1] if descent.history and not descent.nonfinite else math.inf
+        distance = distance if math.isfinite(distance) else math.inf
         variables.grad = None
         with torch.no_grad():
             schedule = []
@@ -594,9 +571,8 @@ class FedAvgReplay:
                 for batch in round_assignment(relaxed_assignment(epoch_logits, sizes), sizes):
                     schedule.append((batch.to(device), labels[batch.to(device)]))
         log.info("replay restart %d: learned the batch order in %d steps (relaxed weight distance %.4g): %s",
-                 restart, self.assignment_iterations, state["distance"], [b.tolist() for b, _ in schedule])
-        distance = state["distance"] if math.isfinite(state["distance"]) else math.inf
-        return schedule, distance
+                 restart, self.assignment_iterations, distance, [b.tolist() for b, _ in schedule])
+        return schedule, distance, descent
 
     def _calibrate(self, route: FiniteDifference, model, start, target, labels, recipe, step_labels, shape, seed) -> float:
         """Calibrate ``route``'s step against the exact reverse pass on a draw of its own (the
@@ -611,46 +587,12 @@ class FedAvgReplay:
         log.info("finite-difference replay: step %.2g, cosine %.6f to the exact gradient", step, value)
         return value
 
-    def _descend(self, optimizer, closure, tensors: list[torch.Tensor], iterations: int, deadline: float,
-                 state: dict, what: str, history: list[float] | None = None) -> tuple[int, bool, bool]:
-        """Up to ``iterations`` optimiser steps on ``tensors`` (the images first), stopping at
-        ``deadline``; a step that turns the loss or any tensor non-finite is undone and ends the
-        run. Boxes the images when asked, appends ``state['distance']`` to ``history`` after
-        each step. Returns (steps done, stopped by the deadline, diverged)."""
-        progress = tqdm(range(iterations), desc=what, leave=False, disable=None)
-        last = [t.detach().clone() for t in tensors]
-        done = 0
-        stopped = nonfinite = False
-        for step in progress:
-            if time.perf_counter() >= deadline:
-                stopped = True
-                break
-            loss = optimizer.step(closure)
-            if not (math.isfinite(float(loss)) and all(bool(torch.isfinite(t).all()) for t in tensors)):
-                nonfinite = True
-                log.warning("%s diverged at step %d; keeping its last finite iterate", what, step)
-                with torch.no_grad():
-                    for tensor, finite in zip(tensors, last):
-                        tensor.copy_(finite)
-                break
-            if self.box:
-                with torch.no_grad():
-                    tensors[0].clamp_(0, 1)
-            last = [t.detach().clone() for t in tensors]
-            done = step + 1
-            if history is not None:
-                history.append(state["distance"])
-            progress.set_postfix(distance=f"{state['distance']:.3g}")
-            if self.log_every and done % self.log_every == 0:
-                log.info("%s step %d: weight distance %.4g", what, done, state["distance"])
-        progress.close()
-        return done, stopped, nonfinite
-
-    def _run_restart(self, client, start, variables, labels, epochs, target, deadline, restart) -> dict:
+    def _run_restart(self, client: Client, start, variables, labels, epochs: int, target, limits: Limits,
+                     restart: int) -> Restart:
+        """The exact replay from ``variables`` (in place) in ``client``'s schedule, then its answer."""
         optimizer = self.optimizer([variables])
         n = len(labels)
-        state = {"evaluations": 0, "distance": math.inf, "perms": None}
-        history: list[float] = []
+        state: dict[str, Any] = {"evaluations": 0, "perms": None}
 
         def perms() -> list[torch.Tensor] | None:
             if self.mode == "shared":
@@ -663,35 +605,30 @@ class FedAvgReplay:
                     state["perms"] = align(copies, reference, labels)
             return state["perms"]
 
-        def closure() -> torch.Tensor:
-            state["distance"], objective = self._evaluate(client, start, variables, target, labels, epochs, perms())
+        def evaluate() -> tuple[torch.Tensor, list[float]]:
+            distance, objective = self._evaluate(client, start, variables, target, labels, epochs, perms())
             state["evaluations"] += 1
-            return torch.as_tensor(objective)
+            return torch.as_tensor(objective), [distance]
 
-        done, stopped, nonfinite = self._descend(optimizer, closure, [variables], self.iterations, deadline, state,
-                                                 f"replay restart {restart}", history)
+        descent = descend(optimizer, evaluate, [variables], limits, box=self.box, what=f"replay restart {restart}",
+                          measure="weight distance", log_every=self.log_every)
+        return self._finish(client, start, variables, labels, epochs, target, descent)
+
+    def _finish(self, client: Client, start, variables, labels, epochs: int, target, descent: Descent) -> Restart:
+        """Score the kept iterate (one more evaluation) and form the answer: {images (N, ...),
+        epoch_images (E, N, ...) matched to them, agreement (PSNR in dB of each epoch's copy)}."""
+        n = len(labels)
         final = variables.detach()
         distance, _ = self.weight_distance(client, start, final, target)
-        evaluations = state["evaluations"] + 1
         with torch.no_grad():
             if self.mode == "per_epoch":
                 copies = final.reshape(epochs, n, *final.shape[1:])
-                state["perms"], state["evaluations"] = None, 0  # re-match the final copies
-                matched = torch.stack([c[p] for c, p in zip(copies, perms())])
+                matched = torch.stack([c[p] for c, p in zip(copies, align(copies, copies[0], labels))])  # re-matched
                 images = matched.mean(0)
                 agreement = [psnr_db(m, images) for m in matched]
             else:
                 images = final.clone()
                 matched = images.unsqueeze(0).repeat(epochs, 1, 1, 1, 1)
                 agreement = [math.inf] * epochs
-        return {
-            "images": images,
-            "epoch_images": matched,
-            "agreement": agreement,
-            "distance": distance if math.isfinite(distance) else math.inf,
-            "iterations": done,
-            "evaluations": evaluations,
-            "nonfinite": nonfinite,
-            "stopped": stopped,
-            "history": history,
-        }
+        answer = {"images": images, "epoch_images": matched, "agreement": agreement}
+        return Restart(distance if math.isfinite(distance) else math.inf, descent, answer, scoring_evaluations=1)

@@ -3,11 +3,13 @@
 The attacker's side of the threat model: :meth:`GradientMatching.reconstruct` receives an
 Observation (public model, recipe, shared gradient) and the restored labels, never the
 private batch. Labels stay fixed (hard labels) during the optimisation, except in attacks
-that optimise them (``optimises_labels``, e.g. :class:`deepleak.attacks.dlg.DLG`).
+that optimise them (``optimises_labels``, e.g. :class:`deepleak.attacks.dlg.DLG`; the result
+then says ``labels_from_attack``).
 
-One loop serves every recipe: the parts (distance, priors, optimiser, schedule) come from
-config, restarts compete on the gradient distance, and an optional
-:class:`~deepleak.attacks.parts.group.GroupConsistency` runs G candidates per restart.
+The parts (distance, priors, optimiser, schedule) come from config, an optional
+:class:`~deepleak.attacks.parts.group.GroupConsistency` runs G candidates per restart, and
+the restarts run in the shared loop (:mod:`deepleak.attacks.loop`), competing on the
+gradient distance.
 """
 
 from __future__ import annotations
@@ -17,73 +19,26 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from deepleak.attacks.engine.batched_restarts import check_batchable, reconstruct_batched
-from deepleak.attacks.parts.group import GroupConsistency
 from deepleak.attacks.engine.conv_kernels import check_choice, choose, conv_kernels
-from deepleak.attacks.parts.prior import attach_priors, detach_priors
 from deepleak.attacks.engine.image_gradient import CHECK_SEED_OFFSET, DoubleBackward, FiniteDifference
+from deepleak.attacks.loop import (
+    Limits, Restart, check_loop_settings, deadline, descend, planned_steps, restart_cap, run_restarts,
+)
+from deepleak.attacks.parts.group import GroupConsistency
+from deepleak.attacks.parts.prior import attach_priors, detach_priors, group_priors
+from deepleak.attacks.parts.protocols import Distance, Prior
+from deepleak.attacks.result import Reconstruction
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation
 from deepleak.scenarios.recipe import set_bn_mode
 
 log = logging.getLogger(__name__)
-
-Distance = Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
-Prior = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class Reconstruction:
-    """The attack's answer. ``images`` (K, C, H, W) in [0, 1], paired with ``labels``.
-
-    ``gradient_distance`` is the distance (without priors) of the chosen restart;
-    ``restart_distances`` lists every restart's final distance (inf where it diverged).
-    ``evaluations`` counts gradient evaluations (one per candidate batch and closure call,
-    plus the scoring of each kept iterate). ``inactive_priors`` names the priors that
-    contributed 0 and why (a BN prior on a model without BN); ``prior_values`` each prior's
-    weighted value on the answer. ``member_distances``: with group consistency, the chosen
-    restart's members' final distances.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    gradient_distance: float
-    restart_distances: list[float]
-    best_restart: int
-    iterations: int
-    evaluations: int
-    seconds: float
-    nonfinite_restarts: int = 0
-    stopped_by_budget: bool = False
-    interrupted: bool = False  # Ctrl-C / SIGTERM: the best result so far, then the caller stops
-    history: list[float] = field(default_factory=list)
-    stopped_by_evaluations: bool = False
-    inactive_priors: dict[str, str] = field(default_factory=dict)
-    member_distances: list[float] = field(default_factory=list)
-    prior_values: dict[str, float] = field(default_factory=dict)
-    image_gradient_agreement: float | None = None  # finite differences: cosine to the exact route at the start
-    image_gradient_step: float | None = None  # finite differences: the (calibrated) relative step
-    conv_kernels: str | None = None  # attack.conv_kernels other than onednn: the CPU kernels the restarts ran on
-
-
-def check_loop_settings(iterations: int, restarts: int, budget_s: float | None) -> None:
-    """The optimisation-loop settings every attack shares, checked before any work."""
-    if iterations < 1:
-        raise DeepleakError(f"attack.iterations must be >= 1, got {iterations}")
-    if restarts < 1:
-        raise DeepleakError(f"attack.restarts must be >= 1, got {restarts}")
-    if budget_s is not None and budget_s <= 0:
-        raise DeepleakError(f"attack.budget_s must be > 0 seconds (or null), got {budget_s}")
-
-
-class _Stop(Exception):
-    """Raised inside the closure when the wall-clock budget or the evaluation cap is spent."""
 
 
 class GradientMatching:
@@ -134,13 +89,8 @@ class GradientMatching:
         image_gradient: DoubleBackward | FiniteDifference | None = None,
         conv_kernels: str = "onednn",
     ) -> None:
-        check_loop_settings(iterations, restarts, budget_s)
+        check_loop_settings(iterations, restarts, budget_s, max_evaluations, group.size if group is not None else 1)
         self.conv_kernels = check_choice(conv_kernels)
-        members = group.size if group is not None else 1
-        if max_evaluations is not None and max_evaluations < restarts * members:
-            raise DeepleakError(
-                f"attack.max_evaluations must be >= restarts x group size ({restarts * members}), got {max_evaluations}"
-            )
         self.distance = distance
         self.optimizer = optimizer
         self.priors = dict(priors or {})
@@ -155,7 +105,7 @@ class GradientMatching:
         self.max_evaluations = max_evaluations
         self.batched_restarts = batched_restarts
         self.image_gradient = image_gradient if image_gradient is not None else DoubleBackward()
-        if not self.image_gradient.exact and type(self).matching_distance is not GradientMatching.matching_distance:
+        if not self.image_gradient.exact and self.overridden_objective() == "matching_distance":
             # The finite-difference route evaluates GradientMatching's distance; a subclass
             # with a distance of its own (snapshots) would silently get the wrong gradient.
             raise DeepleakError(
@@ -164,6 +114,20 @@ class GradientMatching:
             )
         if batched_restarts:
             check_batchable(self)
+
+    def overridden_objective(self) -> str | None:
+        """The first of GradientMatching's objective methods that this attack's class overrides
+        (snapshots: matching_distance and prepare; DLG: loss_labels); None for its own."""
+        own = type(self)
+        for name, method, base in (
+            ("matching_distance", own.matching_distance, GradientMatching.matching_distance),
+            ("objective", own.objective, GradientMatching.objective),
+            ("prepare", own.prepare, GradientMatching.prepare),
+            ("loss_labels", own.loss_labels, GradientMatching.loss_labels),
+        ):
+            if method is not base:
+                return name
+        return None
 
     # ------------------------------------------------------------------ the objective
     def matching_distance(self, model, images: torch.Tensor, labels: torch.Tensor, target) -> torch.Tensor:
@@ -226,7 +190,8 @@ class GradientMatching:
                 log.info("conv_kernels=%s: batched restarts run on oneDNN kernels in NCHW", self.conv_kernels)
             with conv_kernels(kernels):
                 result = reconstruct_batched(self, observation, labels, seed)
-            result.conv_kernels = None if self.conv_kernels == "onednn" else kernels
+            if self.conv_kernels != "onednn":
+                result.extras["conv_kernels"] = kernels
             return result
         model, target, device = self.prepare(observation)
         labels = labels.to(device)
@@ -234,62 +199,76 @@ class GradientMatching:
         shape = (members, len(labels), *observation.recipe.image_shape)
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
-        deadline = start + self.budget_s if self.budget_s else math.inf
-        cap = self.max_evaluations // self.restarts if self.max_evaluations is not None else None
+        cap = restart_cap(self.max_evaluations, self.restarts)
+        limits = Limits(planned_steps(self.iterations, cap, members), deadline(self.budget_s, start), cap)
+
+        def restart(index: int) -> Restart:
+            images = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
+            label_vars = self.label_variables(labels, observation.recipe.num_classes, members, generator, device)
+            return self._restart(model, images, label_vars, labels, target, limits, index)
 
         inactive = attach_priors(self.priors, model)
-        agreement = self.check_image_gradient(model, labels, target, observation, seed, device)
-        kernels = self.choose_kernels(model, labels, target, observation, seed, device)
-        best = None
-        distances: list[float] = []
-        evaluations = nonfinite = iterations_done = 0
-        stopped = capped = interrupted = False
         try:
+            agreement = self.check_image_gradient(model, labels, target, observation, seed, device)
+            kernels = self.choose_kernels(model, labels, target, observation, seed, device)
             with conv_kernels(kernels, model):
-                for restart in range(self.restarts):
-                    if interrupted:
-                        break
-                    if time.perf_counter() >= deadline:
-                        stopped = True
-                        break
-                    images = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
-                    label_vars = self.label_variables(labels, observation.recipe.num_classes, members, generator, device)
-                    result = self._run_restart(model, images, label_vars, labels, target, deadline, cap, restart)
-                    interrupted = result["interrupted"]
-                    evaluations += result["evaluations"]
-                    iterations_done += result["iterations"]
-                    stopped = stopped or result["stopped"]
-                    capped = capped or result["capped"]
-                    nonfinite += int(result["nonfinite"])
-                    distances.append(result["distance"])
-                    if best is None or result["distance"] < best["distance"]:
-                        best = {**result, "restart": restart}
+                restarts = run_restarts(self.restarts, restart, limits.deadline)
         finally:
             detach_priors(self.priors)
-        assert best is not None
-        if not math.isfinite(best["distance"]):
-            log.warning("every restart diverged; the reconstruction is the last finite iterate")
+        best = restarts.best.answer
+        extras: dict[str, Any] = {}
+        if agreement is not None:
+            extras.update(image_gradient_agreement=agreement, image_gradient_step=self.image_gradient.current_step)
+        if self.conv_kernels != "onednn":
+            extras["conv_kernels"] = kernels  # the CPU kernels the restarts ran on
+        if self.group is not None:
+            extras["member_distances"] = best["member_distances"]  # the chosen restart's members' final distances
         return Reconstruction(
             images=best["images"].clamp(0, 1).cpu(),
             labels=best["labels"].cpu(),
-            gradient_distance=best["distance"],
-            restart_distances=distances,
-            best_restart=best["restart"],
-            iterations=iterations_done,
-            evaluations=evaluations,
+            gradient_distance=restarts.best.distance,
+            restart_distances=restarts.distances,
+            best_restart=restarts.best_index,
+            iterations=restarts.iterations,
+            evaluations=restarts.evaluations,
             seconds=time.perf_counter() - start,
-            nonfinite_restarts=nonfinite,
-            stopped_by_budget=stopped,
-            interrupted=interrupted,
-            history=best["history"],
-            stopped_by_evaluations=capped,
+            nonfinite_restarts=restarts.nonfinite,
+            stopped_by_budget=restarts.stopped_by_budget,
+            interrupted=restarts.interrupted,
+            history=restarts.best.descent.history,
+            stopped_by_evaluations=restarts.stopped_by_evaluations,
             inactive_priors=inactive,
-            member_distances=best["member_distances"] if self.group is not None else [],
             prior_values=best["prior_values"],
-            image_gradient_agreement=agreement,
-            image_gradient_step=None if agreement is None else self.image_gradient.current_step,
-            conv_kernels=None if self.conv_kernels == "onednn" else kernels,
+            labels_from_attack=self.optimises_labels,
+            extras=extras,
         )
+
+    def _restart(self, model, images, label_vars, labels, target, limits: Limits, index: int) -> Restart:
+        """One restart from ``images`` (G, K, C, H, W) and ``label_vars`` (G, K, ...) or None:
+        the shared descent, then the kept iterate scored."""
+        variables = [images] if label_vars is None else [images, label_vars]
+        optimizer = self.optimizer(variables)
+        # Each step costs at least one evaluation per member: under a cap the schedule is
+        # planned for the most steps the restart can take.
+        scheduler = self.scheduler(optimizer, limits.steps) if self.scheduler else None
+        anchor: list[torch.Tensor | None] = [None]  # group consistency: the members' detached mean
+
+        def before_step(step: int) -> None:
+            if self.group is not None and self.group.refresh_due(step):
+                anchor[0] = self.group.anchor(images)
+
+        def evaluate() -> tuple[torch.Tensor, list[float]]:
+            total, distances, gradients = self._evaluate(model, images, label_vars, labels, target, anchor[0])
+            for variable, gradient in zip(variables, gradients):
+                variable.grad = gradient
+            return total, distances
+
+        descent = descend(optimizer, evaluate, variables, limits, cost=images.shape[0], signed=self.signed,
+                          box=self.box, scheduler=scheduler, before_step=before_step, what=f"restart {index}",
+                          log_every=self.log_every)
+        final_vars = None if label_vars is None else label_vars.detach().clone()
+        scored = self._score(model, images.detach().clone(), final_vars, labels, target)
+        return Restart(scored["distance"], descent, scored, scored["evaluations"])
 
     def check_image_gradient(self, model, labels, target, observation: Observation, seed: int, device) -> float | None:
         """The finite-difference route's start-up check (None for the exact route): calibrate
@@ -344,11 +323,10 @@ class GradientMatching:
         # Priors that read the model's activations run after the pass at theta; priors of the
         # images alone add their closed-form gradient (TV) or else ride in the finite-difference
         # passes (no backward pass of their own either way).
-        kinds = {name: "model" if hasattr(prior, "attach") else "closed" if hasattr(prior, "value_and_gradient") else "image"
-                 for name, prior in self.priors.items()}
-        closed = [self.priors[name] for name, kind in kinds.items() if kind == "closed"]
-        extra = self._prior_sum([name for name, kind in kinds.items() if kind == "model"])
-        image_extra = self._prior_sum([name for name, kind in kinds.items() if kind == "image"])
+        groups = group_priors(self.priors)
+        closed = list(groups.closed_form.values())
+        extra = self._prior_sum(list(groups.reads_model))
+        image_extra = self._prior_sum(list(groups.of_images))
         total, distances, per_member = 0.0, [], []
         for g in range(images.shape[0]):
             distance, prior, member_gradients = self.image_gradient.value_and_gradient(
@@ -420,88 +398,3 @@ class GradientMatching:
             distance, priors = scored[index]
         return {"distance": distance, "member_distances": per_member, "images": chosen,
                 "labels": self.answer_labels(labels, chosen_vars), "prior_values": priors, "evaluations": evaluations}
-
-    def _run_restart(self, model, images, label_vars, labels, target, deadline, cap, restart) -> dict:
-        variables = [images] if label_vars is None else [images, label_vars]
-        members = images.shape[0]
-        optimizer = self.optimizer(variables)
-        # Each step costs at least one evaluation per member: under a cap this is the most
-        # steps the restart can take, and the schedule is planned for it.
-        steps = self.iterations if cap is None else max(1, min(self.iterations, cap // members))
-        scheduler = self.scheduler(optimizer, steps) if self.scheduler else None
-        state = {"evaluations": 0, "distances": [math.inf] * members, "anchor": None, "cause": None}
-        history: list[float] = []
-
-        def closure() -> torch.Tensor:
-            if time.perf_counter() >= deadline:
-                state["cause"] = "budget"
-                raise _Stop
-            if cap is not None and state["evaluations"] + members > cap:
-                state["cause"] = "evaluations"
-                raise _Stop
-            total, distances, gradients = self._evaluate(model, images, label_vars, labels, target, state["anchor"])
-            for variable, gradient in zip(variables, gradients):
-                variable.grad = gradient.sign() if self.signed else gradient
-            state["evaluations"] += members
-            state["distances"] = distances
-            return total
-
-        progress = tqdm(range(steps), desc=f"restart {restart}", leave=False, disable=None)
-        done = 0
-        nonfinite = stopped = capped = interrupted = False
-        last_finite = [v.detach().clone() for v in variables]
-
-        def restore() -> None:
-            with torch.no_grad():
-                for variable, saved in zip(variables, last_finite):
-                    variable.copy_(saved)
-
-        for step in progress:
-            if self.group is not None and self.group.refresh_due(step):
-                state["anchor"] = self.group.anchor(images)
-            try:
-                loss = optimizer.step(closure)
-            except _Stop:
-                # Undo a step cut short (an L-BFGS line search may have moved the images).
-                restore()
-                stopped, capped = state["cause"] == "budget", state["cause"] == "evaluations"
-                break
-            except KeyboardInterrupt:
-                # Keep the last complete iterate; the task records it and then stops.
-                interrupted = True
-                restore()
-                log.warning("interrupted at step %d of restart %d; keeping the best result so far", step, restart)
-                break
-            finite = math.isfinite(float(loss)) and all(math.isfinite(d) for d in state["distances"])
-            # A sum is non-finite when any entry is (one reduction instead of a mask per step).
-            if not (finite and all(math.isfinite(float(v.detach().sum())) for v in variables)):
-                # Diverged: fall back to the last finite iterate and stop this restart.
-                nonfinite = True
-                log.warning("restart %d diverged at step %d; keeping its last finite iterate", restart, step)
-                restore()
-                break
-            if self.box:
-                with torch.no_grad():
-                    images.clamp_(0, 1)
-            if scheduler is not None:
-                scheduler.step()
-            last_finite = [v.detach().clone() for v in variables]
-            done = step + 1
-            distance = min(state["distances"])
-            history.append(distance)
-            progress.set_postfix(distance=f"{distance:.3g}")
-            if self.log_every and done % self.log_every == 0:
-                log.info("restart %d step %d: gradient distance %.4g", restart, done, distance)
-        progress.close()
-        final_vars = None if label_vars is None else label_vars.detach().clone()
-        scored = self._score(model, images.detach().clone(), final_vars, labels, target)
-        return {
-            **scored,
-            "iterations": done,
-            "evaluations": state["evaluations"] + scored["evaluations"],
-            "nonfinite": nonfinite,
-            "stopped": stopped,
-            "capped": capped,
-            "interrupted": interrupted,
-            "history": history,
-        }

@@ -7,7 +7,7 @@ information). Methods that cannot work on an observation raise a DeepleakError s
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import copy
 
@@ -27,6 +27,48 @@ class LabelMethod(Protocol):
 
     def restore(self, observation: Observation) -> torch.Tensor:
         """K restored labels, int64, sorted."""
+
+
+# What a method that wraps another label method requires of it, checked with isinstance
+# (runtime checks see only that the members exist, not their signatures).
+
+@runtime_checkable
+class Named(Protocol):
+    """Has a ``name`` (every label method; a stand-in may not)."""
+
+    name: str
+
+
+@runtime_checkable
+class RestoresLabels(Protocol):
+    """Restores labels: all a first estimate (a search's or a fit's ``start``) needs."""
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        """K restored labels, int64, sorted."""
+
+
+@runtime_checkable
+class CountingLabelMethod(Protocol):
+    """Gives real-valued class counts before rounding (what FedAvg methods average or interpolate)."""
+
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """Class counts (num_classes,), summing to about K."""
+
+
+@runtime_checkable
+class DummyStatistics(Protocol):
+    """Estimates the batch's statistics from dummy inputs (zero-shot's O_hat and p_hat)."""
+
+    def dummy_statistics(self, observation: Observation) -> tuple[float, torch.Tensor]:
+        """(mean penultimate feature sum, mean softmax (num_classes,)) over dummy inputs."""
+
+
+@runtime_checkable
+class SoftLabelFit(Protocol):
+    """Fits soft labels to a shared FedAvg update (:class:`deepleak.labels.fedavg.Fitted`)."""
+
+    def fit(self, observation: Observation) -> tuple[torch.Tensor, float]:
+        """(soft labels (N, C), final relative residual)."""
 
 
 def last_layer_gradient(observation: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -159,3 +201,12 @@ __all__ = [
     "LabelMethod", "counts_to_labels", "last_activation", "last_layer_gradient", "require_batch_at_most_classes",
     "require_batch_size", "require_bias", "require_nonnegative_features",
 ]
+
+
+@runtime_checkable
+class RevealsTruth(Protocol):
+    """A label "method" that is handed the private labels (the oracle: an upper bound, not an
+    attack). The task reveals them before ``restore`` and records the run as oracle-labelled."""
+
+    def reveal(self, true_labels: torch.Tensor) -> None:
+        """Take the private labels (K,) int64."""

@@ -1,4 +1,4 @@
-"""GradInversion's label rule (Yin et al., CVPR 2021; PAPER.md section 6).
+"""GradInversion's label rule (Yin et al., CVPR 2021; docs/method.md (baseline label methods)).
 
 For mean cross-entropy, row n of the classifier's weight gradient is
 dL/dW[n, :] = (1/K) sum_k (p[k,n] - y[k,n]) O_k. With non-negative features O_k, a class

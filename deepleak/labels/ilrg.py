@@ -1,5 +1,5 @@
 """iLRG (Ma et al., "Instance-wise Batch Label Restoration via Gradients in Federated
-Learning", ICLR 2023; PAPER.md section 6).
+Learning", ICLR 2023; docs/method.md (baseline label methods)).
 
 Classifier z = W O + b, mean cross-entropy over K samples, counts lambda (N,):
 

@@ -1,5 +1,5 @@
 """LLG (Wainakh et al., "User-level label leakage from gradients in federated learning",
-PETS 2022; PAPER.md section 6).
+PETS 2022; docs/method.md (baseline label methods)).
 
 g_n = sum_m dL/dW[n, m] = (1/K) sum_k (p[k,n] - y[k,n]) O_k with O_k = sum_m O[k,m] >= 0, so
 a negative g_n marks a class present in the batch. Each sample of a class lowers g_n by about

@@ -1,4 +1,4 @@
-"""Zero-shot label restoration (Geng et al., 2021; PAPER.md section 1).
+"""Zero-shot label restoration (Geng et al., 2021; docs/method.md (zero-shot labels)).
 
 With the classifier z = W O + b and mean cross-entropy over K samples, the sum over the
 feature axis of the weight gradient is S_n = (1/K) sum_k (p[k,n] - y[k,n]) O_k with
@@ -31,7 +31,7 @@ class ZeroShot:
     batch's (with the real batch's mean softmax it is exact on untrained LeNet). For a class
     that the first pass finds absent, S_n / O_hat *is* the batch's mean softmax; a second pass
     uses those values and rescales p_hat over the present classes so the softmax still sums
-    to 1. Measured on PAPER.md section 7's setting it adds about 0.4 points.
+    to 1. Measured on the setting of docs/method.md (findings that shaped the defaults) it adds about 0.4 points.
 
     ``refine`` (deepleak's refinement; needs a bias in the classifier, skipped without one):
     the remaining error is p_hat standing in for the batch's mean softmax p_bar, and with the

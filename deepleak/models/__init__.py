@@ -7,16 +7,16 @@ features; label methods find it with :func:`classifier`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from deepleak.config import make
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from deepleak.config import make
 from deepleak.errors import DeepleakError
+from deepleak.models.base import Victim, load_checkpoint
 from deepleak.models.convnet import ConvNet
 from deepleak.models.lenet import LeNet
 from deepleak.models.mlp import MLP
@@ -24,15 +24,17 @@ from deepleak.models.resnet import ResNet18
 from deepleak.models.resnet_imagenet import ResNet18ImageNet, ResNet50
 
 __all__ = [
+    "MLP",
     "ConvNet",
     "LeNet",
-    "MLP",
     "ResNet18",
     "ResNet18ImageNet",
     "ResNet50",
+    "Victim",
     "build_model",
     "classifier",
     "features_and_logits",
+    "load_checkpoint",
 ]
 
 
@@ -42,43 +44,15 @@ def build_model(
     image_shape: tuple[int, int, int],
     seed: int,
 ) -> nn.Module:
-    """Instantiate the model config; the init is drawn from ``seed`` alone.
-
-    ``checkpoint`` (a path, or null) is not a constructor argument: when set, its
-    state dict replaces the initial weights, loaded with ``weights_only=True``.
-    """
-    cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    checkpoint = cfg.pop("checkpoint", None)
+    """Instantiate the model config with the data's ``num_classes`` and ``image_shape``; the
+    init is drawn from ``seed`` alone (the global generator is left as it was). A
+    ``checkpoint`` in the config is the model's own argument (:class:`Victim`)."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = make(cfg, num_classes=num_classes, image_shape=tuple(image_shape))
+        return make(model_cfg, num_classes=num_classes, image_shape=tuple(image_shape))
     finally:
         torch.random.set_rng_state(generator_state)
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    return model
-
-
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict (or a dict holding one under ``state_dict``/``model``) safely."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DeepleakError(f"model checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors have many types; all mean "not loadable"
-        raise DeepleakError(f"cannot load model checkpoint {path}: {error}") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise DeepleakError(f"checkpoint {path} does not fit the configured model: {first}") from None
 
 
 def classifier(model: nn.Module) -> nn.Linear:

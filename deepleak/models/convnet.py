@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from deepleak.errors import DeepleakError
+from deepleak.models.base import Victim
 from deepleak.models.layers import activation
 
 # Output channels of the eight convs as multiples of ``width``; "pool" is MaxPool2d(3).
@@ -14,13 +15,14 @@ from deepleak.models.layers import activation
 _LAYOUT = (1, 2, 2, 4, 4, 4, "pool", 4, 4, "pool")
 
 
-class ConvNet(nn.Module):
+class ConvNet(Victim):
     """Conv-BN-act x 6, max-pool 3, conv-BN-act x 2, max-pool 3, Linear:
     (N, C, H, W) -> logits (N, num_classes).
 
     Channels are ``width * (1, 2, 2, 4, 4, 4 | 4, 4)``; each max-pool divides the side by 3
     (floor), so at 32 px the classifier has 4 * width * 3 * 3 = 36 * width inputs, as in
-    inversefed. Needs at least 9 px. PyTorch's default initialisation.
+    inversefed. Needs at least 9 px. PyTorch's default initialisation; ``checkpoint``: a
+    state dict to load instead.
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class ConvNet(nn.Module):
         image_shape: tuple[int, int, int] = (3, 32, 32),
         width: int = 64,
         activation_fn: str = "relu",
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         channels, height, width_px = image_shape
@@ -53,6 +56,7 @@ class ConvNet(nn.Module):
         layers.append(nn.Flatten())
         self.body = nn.Sequential(*layers)
         self.fc = nn.Linear(in_channels * height * width_px, num_classes)
+        self.load_weights(checkpoint)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.body(x))

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from deepleak.models.base import Victim
 from deepleak.models.layers import activation, init_uniform
 
 
-class LeNet(nn.Module):
+class LeNet(Victim):
     """Conv(5x5, stride 2) -> Conv(5x5, stride 2) -> Conv(5x5, stride 1) -> Linear.
 
     With ``width=12`` and 32 px inputs the linear layer has 12 * 8 * 8 = 768 inputs, as in
     DLG. ``init_scale`` re-draws all parameters from U(-s, s) (DLG uses 0.5); ``None``
-    keeps PyTorch's default initialisation.
+    keeps PyTorch's default initialisation. ``checkpoint``: a state dict to load instead.
     """
 
     def __init__(
@@ -22,6 +23,7 @@ class LeNet(nn.Module):
         width: int = 12,
         activation_fn: str = "sigmoid",
         init_scale: float | None = 0.5,
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         channels, height, width_px = image_shape
@@ -39,6 +41,7 @@ class LeNet(nn.Module):
         self.fc = nn.Linear(features, num_classes)
         if init_scale is not None:
             init_uniform(self, init_scale)
+        self.load_weights(checkpoint)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.body(x))

@@ -7,16 +7,17 @@ import math
 from torch import Tensor, nn
 
 from deepleak.errors import DeepleakError
+from deepleak.models.base import Victim
 from deepleak.models.layers import activation
 
 
-class MLP(nn.Module):
+class MLP(Victim):
     """Flatten -> Linear(C*H*W, hidden) -> act -> Linear(hidden, hidden) -> act ->
     Linear(hidden, num_classes): (N, C, H, W) -> logits (N, num_classes).
 
     At 32 px RGB with ``hidden=1024`` this is the paper's 3072-1024-1024-C network. The
     last layer (``fc``) is the classifier; its inputs are the second hidden layer's
-    activations. PyTorch's default initialisation.
+    activations. PyTorch's default initialisation; ``checkpoint``: a state dict to load instead.
     """
 
     def __init__(
@@ -25,6 +26,7 @@ class MLP(nn.Module):
         image_shape: tuple[int, int, int] = (3, 32, 32),
         hidden: int = 1024,
         activation_fn: str = "sigmoid",
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if hidden < 1:
@@ -37,6 +39,7 @@ class MLP(nn.Module):
             activation(activation_fn),
         )
         self.fc = nn.Linear(hidden, num_classes)
+        self.load_weights(checkpoint)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.body(x))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from deepleak.models.base import Victim
 from deepleak.models.layers import activation
 from deepleak.models.resnet_imagenet import BasicBlock  # the same block; only the stem differs
 
 
-class ResNet18(nn.Module):
+class ResNet18(Victim):
     """ResNet-18 for small images: 3x3 stem, four stages of two basic blocks, global
     average pool, one linear layer. ``activation_fn='sigmoid'`` is the paper's variant;
-    ``width`` scales the channel counts (64 is the standard network)."""
+    ``width`` scales the channel counts (64 is the standard network); ``checkpoint``: a state
+    dict to load instead of the initial weights."""
 
     def __init__(
         self,
@@ -19,6 +21,7 @@ class ResNet18(nn.Module):
         image_shape: tuple[int, int, int] = (3, 32, 32),
         width: int = 64,
         activation_fn: str = "relu",
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         channels = image_shape[0]
@@ -37,6 +40,7 @@ class ResNet18(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(in_planes, num_classes)
+        self.load_weights(checkpoint)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.stages(self.stem(x))))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from deepleak.errors import DeepleakError
+from deepleak.models.base import Victim
 from deepleak.models.layers import activation
 
 
@@ -75,13 +76,14 @@ class Bottleneck(nn.Module):
         return self.act3(out + identity)
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(Victim):
     """ResNet, ImageNet layout: (N, C, H, W) -> logits (N, num_classes).
 
     Stem conv 7x7/2 (``width`` channels) + BN + activation + max-pool 3x3/2; stages of
     ``blocks`` blocks with ``width * 2**i`` planes (stride 2 from the second stage on);
     adaptive average pool; ``fc`` (the classifier) on ``8 * width * expansion`` features.
-    Convs use He (fan-out) init and BN starts at weight 1, bias 0, as in torchvision.
+    Convs use He (fan-out) init and BN starts at weight 1, bias 0, as in torchvision;
+    ``checkpoint``: a state dict to load instead (a torchvision one fits).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class ImageNetResNet(nn.Module):
         image_shape: tuple[int, int, int],
         width: int,
         activation_fn: str,
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if width < 1:
@@ -119,6 +122,7 @@ class ImageNetResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        self.load_weights(checkpoint)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.act(self.bn1(self.conv1(x))))
@@ -135,8 +139,9 @@ class ResNet18ImageNet(ImageNetResNet):
         image_shape: tuple[int, int, int] = (3, 224, 224),
         width: int = 64,
         activation_fn: str = "relu",
+        checkpoint: str | None = None,
     ) -> None:
-        super().__init__(BasicBlock, (2, 2, 2, 2), num_classes, image_shape, width, activation_fn)
+        super().__init__(BasicBlock, (2, 2, 2, 2), num_classes, image_shape, width, activation_fn, checkpoint)
 
 
 class ResNet50(ImageNetResNet):
@@ -148,5 +153,6 @@ class ResNet50(ImageNetResNet):
         image_shape: tuple[int, int, int] = (3, 224, 224),
         width: int = 64,
         activation_fn: str = "relu",
+        checkpoint: str | None = None,
     ) -> None:
-        super().__init__(Bottleneck, (3, 4, 6, 3), num_classes, image_shape, width, activation_fn)
+        super().__init__(Bottleneck, (3, 4, 6, 3), num_classes, image_shape, width, activation_fn, checkpoint)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -76,7 +76,7 @@ class Observation:
 
     def gradient_view(self) -> Observation:
         """This observation with a gradient: itself for FedSGD; for shared weights, the
-        pseudo-gradient (W_0 - W_T) / (lr * T) (PAPER.md section 2), which gradient-based
+        pseudo-gradient (W_0 - W_T) / (lr * T) (docs/method.md (labels under FedAvg)), which gradient-based
         label methods and attacks then treat as the gradient of the mean loss over N samples."""
         if self.gradient is not None:
             return self
@@ -95,3 +95,18 @@ class Observation:
         """The shared gradient (or pseudo-gradient, see gradient_view) keyed by parameter name."""
         names = [name for name, _ in self.model.named_parameters()]
         return dict(zip(names, self.gradient_view().gradient))
+
+
+@runtime_checkable
+class Scenario(Protocol):
+    """A federated client (FedSGD, FedAvg): it plays its local training on the private batch
+    and returns what the server receives. ``metadata_leaked``: what the server receives beyond
+    the update and the public recipe, by switch (recorded in metrics.json; {} for none)."""
+
+    name: str
+
+    @property
+    def metadata_leaked(self) -> dict[str, Any]: ...
+
+    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None) -> Observation:
+        """Play the client on ``batch`` at the global ``model`` (trial: seeds its randomness)."""

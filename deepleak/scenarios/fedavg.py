@@ -34,7 +34,7 @@ from deepleak.scenarios.recipe import local_sgd, set_bn_mode
 
 
 class FedAvg:
-    """E local epochs of plain SGD over N samples in mini-batches of ``batch_size`` (B) at ``lr``.
+    """E local epochs of plain SGD over N samples in mini-batches of ``local_batch_size`` (B) at ``lr``.
 
     - ``bn_mode``: how the client runs batch norm (train: batch statistics of each mini-batch).
     - ``shuffle``: reshuffle the samples every epoch (from ``seed`` and the trial index given to
@@ -49,7 +49,7 @@ class FedAvg:
 
     def __init__(
         self,
-        batch_size: int = 2,
+        local_batch_size: int = 2,
         epochs: int = 2,
         lr: float = 0.0003,
         bn_mode: str = "train",
@@ -58,8 +58,8 @@ class FedAvg:
         leak_metadata: bool = False,
         snapshot_every: int = 0,
     ) -> None:
-        if batch_size < 1:
-            raise DeepleakError(f"scenario.batch_size (the local mini-batch B) must be >= 1, got {batch_size}")
+        if local_batch_size < 1:
+            raise DeepleakError(f"scenario.local_batch_size (the local mini-batch B) must be >= 1, got {local_batch_size}")
         if epochs < 1:
             raise DeepleakError(f"scenario.epochs must be >= 1, got {epochs}")
         if not lr > 0:
@@ -68,7 +68,7 @@ class FedAvg:
             raise DeepleakError(f"scenario.bn_mode must be train or eval, got {bn_mode!r}")
         if snapshot_every < 0:
             raise DeepleakError(f"scenario.snapshot_every must be >= 0 (0: no snapshots), got {snapshot_every}")
-        self.batch_size = int(batch_size)
+        self.local_batch_size = int(local_batch_size)
         self.epochs = int(epochs)
         self.lr = float(lr)
         self.bn_mode = bn_mode
@@ -87,9 +87,9 @@ class FedAvg:
         """Play the client's local training on ``batch`` (N samples) and return what it shares;
         ``trial`` seeds the shuffle order (default: the number of earlier calls)."""
         n = len(batch)
-        if self.batch_size > n:
+        if self.local_batch_size > n:
             raise DeepleakError(
-                f"scenario.batch_size (B = {self.batch_size}) must be <= the client's number of samples "
+                f"scenario.local_batch_size (B = {self.local_batch_size}) must be <= the client's number of samples "
                 f"(top-level batch_size, N = {n})"
             )
         generator = None
@@ -108,8 +108,8 @@ class FedAvg:
             if self.snapshot_every and step % self.snapshot_every == 0:
                 snapshots.append((step, tuple(p.detach().clone() for p in parameters)))
 
-        step = local_sgd(client, batch.images, batch.labels, self.epochs, self.batch_size, self.lr, generator, record)
-        total = self.epochs * math.ceil(n / self.batch_size)
+        step = local_sgd(client, batch.images, batch.labels, self.epochs, self.local_batch_size, self.lr, generator, record)
+        total = self.epochs * math.ceil(n / self.local_batch_size)
         assert step == total, (step, total)
         metadata: dict[str, Any] = {}
         if self.leak_metadata:
@@ -118,7 +118,7 @@ class FedAvg:
             metadata["snapshots"] = tuple(s for s in snapshots if s[0] < total)
         recipe = Recipe(
             num_samples=n,
-            batch_size=self.batch_size,
+            batch_size=self.local_batch_size,
             num_classes=num_classes,
             image_shape=tuple(batch.images.shape[1:]),
             epochs=self.epochs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,11 @@ class FedSGD:
 
     def __init__(self, bn_mode: str = "train") -> None:
         self.bn_mode = bn_mode
+
+    @property
+    def metadata_leaked(self) -> dict[str, Any]:
+        """Nothing beyond the gradient and the public recipe (for metrics.json)."""
+        return {}
 
     def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None) -> Observation:
         """Play the client on ``batch`` and return what the server receives (``trial``: unused,

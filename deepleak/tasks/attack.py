@@ -20,6 +20,7 @@ from deepleak import metrics
 from deepleak.attacks.none import NoAttack
 from deepleak.config import make
 from deepleak.errors import DeepleakError
+from deepleak.labels.base import RevealsTruth
 from deepleak.models import build_model
 from deepleak.runs import save_images, write_metrics
 from deepleak.runtime import resolve_device, trial_seeds
@@ -42,22 +43,22 @@ def validate(cfg: DictConfig) -> None:
         raise DeepleakError(f"trials must be >= 1, got {cfg.trials}")
     if cfg.first_trial < 0:
         raise DeepleakError(f"first_trial must be >= 0, got {cfg.first_trial}")
-    # FedAvg: the top-level batch_size is the client's N, scenario.batch_size its mini-batch B.
-    local = OmegaConf.select(cfg, "scenario.batch_size", default=None)
+    if not 0 <= cfg.wrong_labels <= cfg.batch_size:
+        raise DeepleakError(f"wrong_labels must be between 0 and batch_size ({cfg.batch_size}), got {cfg.wrong_labels}")
+    # FedAvg: the top-level batch_size is the client's N, scenario.local_batch_size its mini-batch B.
+    local = OmegaConf.select(cfg, "scenario.local_batch_size", default=None)
     if isinstance(local, int) and local > cfg.batch_size:
         raise DeepleakError(
-            f"scenario.batch_size (the local mini-batch B = {local}) must be <= batch_size (the client's N = {cfg.batch_size})"
+            f"scenario.local_batch_size (the local mini-batch B = {local}) must be <= batch_size (the client's N = {cfg.batch_size})"
         )
     resolve_device(cfg.device)
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every configured object once (errors surface before any attack work)."""
-    objects = {name: make(cfg[name]) for name in ("dataset", "distribution", "scenario", "attack")}
-    labels_cfg = OmegaConf.to_container(cfg.labels, resolve=True)
-    objects["wrong_labels"] = int(labels_cfg.pop("wrong", 0))
-    objects["labels"] = make(labels_cfg)
-    if getattr(objects["labels"], "uses_truth", False):
+    objects = {name: make(cfg[name]) for name in ("dataset", "distribution", "scenario", "attack", "labels")}
+    objects["wrong_labels"] = int(cfg.wrong_labels)
+    if isinstance(objects["labels"], RevealsTruth):
         log.warning("labels=oracle: the attack is given the TRUE labels (an upper bound, not an attack)")
     return objects
 
@@ -77,7 +78,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     observation = scenario.observe(model, private, dataset.num_classes, trial=trial)
 
     # --- the attacker: sees the observation only ------------------------------------
-    if getattr(label_method, "uses_truth", False):
+    if isinstance(label_method, RevealsTruth):
         label_method.reveal(private.labels)  # oracle only: stated in the log and metrics
     started = time.perf_counter()
     restored = label_method.restore(observation)
@@ -101,7 +102,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         "labels_source": "restored",
         "restored_label_accuracy": restored_metrics["label_accuracy"],
     }
-    if reconstruction is not None and getattr(attack, "optimises_labels", False):
+    if reconstruction is not None and reconstruction.labels_from_attack:
         # The attack chose its own labels (DLG): the label metrics are those of the labels it
         # used; the restored labels' are kept under restored_label_*.
         record.update(
@@ -129,26 +130,9 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
             inactive_priors=reconstruction.inactive_priors,
             prior_values=reconstruction.prior_values,
         )
-        if reconstruction.image_gradient_agreement is not None:
-            record["image_gradient_agreement"] = reconstruction.image_gradient_agreement
-            record["image_gradient_step"] = reconstruction.image_gradient_step
-        if getattr(reconstruction, "conv_kernels", None) is not None:
-            record["conv_kernels"] = reconstruction.conv_kernels
-        if reconstruction.member_distances:
-            record["member_distances"] = reconstruction.member_distances
-        epoch_images = getattr(reconstruction, "epoch_images", None)
-        if epoch_images is not None:
-            # FedAvg replay: each epoch's dummies (matched to the output) scored like the output.
-            order = scores["permutation"]
-            record["epoch_psnr"] = [
-                float(np.mean(metrics.psnr(epoch[order].numpy(), private.images.cpu().numpy())))
-                for epoch in epoch_images
-            ]
-            record["epoch_agreement"] = reconstruction.epoch_agreement
-            # The batch order the replay ran (dummy indices per step) and how it got it.
-            record["replay_assignment"] = reconstruction.assignment
-            record["replay_schedule"] = reconstruction.schedule
-            record["relaxed_distance"] = reconstruction.relaxed_distance
+        # The recipe's own fields, and its own scores against the truth (the replay's epoch_psnr).
+        record.update(reconstruction.extras)
+        record.update(reconstruction.score(private.images.cpu(), scores["permutation"], metrics.psnr))
         if cfg.save_images:
             paired = reconstruction.images[scores["permutation"]]
             record["images"] = [
@@ -166,12 +150,12 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
 
 
 def make_wrong(labels: torch.Tensor, count: int, num_classes: int, rng: np.random.Generator) -> torch.Tensor:
-    """Replace ``count`` of the restored labels by other classes (``labels.wrong``): the
+    """Replace ``count`` of the restored labels by other classes (``wrong_labels``): the
     paper's claim that one wrong label breaks image restoration, made measurable."""
     if not 0 <= count <= len(labels):
-        raise DeepleakError(f"labels.wrong must be between 0 and batch_size ({len(labels)}), got {count}")
+        raise DeepleakError(f"wrong_labels must be between 0 and batch_size ({len(labels)}), got {count}")
     if num_classes < 2:
-        raise DeepleakError("labels.wrong needs at least two classes")
+        raise DeepleakError("wrong_labels needs at least two classes")
     labels = labels.clone()
     for position in rng.choice(len(labels), size=count, replace=False):
         others = [c for c in range(num_classes) if c != int(labels[position])]
@@ -200,7 +184,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {
         "scenario": objects["scenario"].name,
         "labels": objects["labels"].name,
-        "oracle_labels": bool(getattr(objects["labels"], "uses_truth", False)),
+        "oracle_labels": isinstance(objects["labels"], RevealsTruth),
         "wrong_labels": objects["wrong_labels"],
         "attack": OmegaConf.select(cfg, "attack._target_"),
         "dataset": type(objects["dataset"]).__name__,
@@ -213,7 +197,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "lpips_absent_reason": lpips_metric.absent_reason if lpips_metric else "no image reconstruction",
-        "metadata_leaked": dict(getattr(objects["scenario"], "metadata_leaked", {})),
+        "metadata_leaked": dict(objects["scenario"].metadata_leaked),
     }
     records = []
     for trial in range(cfg.first_trial, cfg.first_trial + cfg.trials):

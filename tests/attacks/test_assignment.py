@@ -10,6 +10,7 @@ from deepleak.attacks.parts.distance import L2
 from deepleak.attacks.parts.prior import TotalVariation
 from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
 from deepleak.attacks.assignment import batch_sizes, relaxed_assignment, round_assignment
+from deepleak.attacks.loop import Descent
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
@@ -45,7 +46,7 @@ def _client(n=5, b=2, epochs=2, lr=0.2, seed=0):
     model = build_model(LENET, 10, (3, 12, 12), seed=seed)
     generator = torch.Generator().manual_seed(seed)
     batch = PrivateBatch(torch.rand(n, 3, 12, 12, generator=generator), torch.arange(n) % 10)
-    return batch, FedAvg(batch_size=b, epochs=epochs, lr=lr, seed=seed).observe(model, batch, 10)
+    return batch, FedAvg(local_batch_size=b, epochs=epochs, lr=lr, seed=seed).observe(model, batch, 10)
 
 
 def test_one_hot_sample_weights_are_the_hard_client_and_their_gradient_is_exact():
@@ -92,15 +93,16 @@ def test_learned_order_finds_the_clients_order_from_the_true_images():
     ~0; every other order of the same images is far."""
     model = build_model(LENET, 10, (3, 12, 12), seed=3)
     batch = PrivateBatch(torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(3)), torch.arange(4))
-    obs = FedAvg(batch_size=2, epochs=1, lr=0.5, seed=3, leak_metadata=True).observe(model, batch, 10)
+    obs = FedAvg(local_batch_size=2, epochs=1, lr=0.5, seed=3, leak_metadata=True).observe(model, batch, 10)
     truth = obs.metadata.pop("step_labels")  # unique labels: label = index; the attack never sees it
     start = [p.detach() for p in obs.model.parameters()]
     target = list(obs.gradient_view().gradient)
     replay = FedAvgReplay(L2(), lambda params: torch.optim.LBFGS(params, lr=1, max_iter=20, line_search_fn="strong_wolfe"),
                     assignment="learned", assignment_iterations=15)
     variables = batch.images.clone().requires_grad_(True)
-    schedule, relaxed = replay._learn_schedule(obs.model, start, variables, batch.labels, obs.recipe, target,
-                                               torch.Generator().manual_seed(0), math.inf, 0)
+    schedule, relaxed, descent = replay._learn_schedule(obs.model, start, variables, batch.labels, obs.recipe, target,
+                                                        torch.Generator().manual_seed(0), math.inf, 0)
+    assert descent.steps == 15 and not (descent.interrupted or descent.nonfinite)
     assert [indices.tolist() for indices, _ in schedule] == truth
     assert relaxed < 1e-6
     others = []
@@ -116,11 +118,13 @@ def test_learned_order_is_recorded_and_checked():
     batch, obs = _client(n=4, b=2, epochs=2, lr=0.05)
     result = FedAvgReplay(L2(), torch.optim.Adam, {"tv": TotalVariation(1e-6)}, iterations=2, assignment="learned",
                     assignment_iterations=2).reconstruct(obs, batch.labels)
-    assert result.assignment == "learned" and result.relaxed_distance is not None
-    assert len(result.schedule) == 4
-    for epoch in (result.schedule[:2], result.schedule[2:]):
+    assert result.extras["replay_assignment"] == "learned" and result.extras["relaxed_distance"] is not None
+    schedule = result.extras["replay_schedule"]
+    assert len(schedule) == 4
+    for epoch in (schedule[:2], schedule[2:]):
         assert sorted(i for step in epoch for i in step) == [0, 1, 2, 3]
-    assert FedAvgReplay(L2(), torch.optim.Adam, iterations=1).reconstruct(obs, batch.labels).assignment == "random"
+    random = FedAvgReplay(L2(), torch.optim.Adam, iterations=1).reconstruct(obs, batch.labels)
+    assert random.extras["replay_assignment"] == "random" and random.extras["relaxed_distance"] is None
     with pytest.raises(DeepleakError, match="assignment must be random or learned"):
         FedAvgReplay(L2(), torch.optim.Adam, assignment="sinkhorn")
     with pytest.raises(DeepleakError, match="needs attack.mode=shared"):
@@ -136,11 +140,11 @@ def test_the_lowest_relaxed_start_is_kept(monkeypatch):
     found = iter([([0, 1], 0.5), ([0, 2], 0.1), ([0, 3], 0.3)])
     seen = []
 
-    def fake(self, model, start, variables, labels, recipe, target, generator, deadline, restart):
+    def fake(self, model, start, variables, labels, recipe, target, generator, stop_at, restart):
         first, distance = next(found)
         seen.append(variables.detach().clone())
         rest = sorted(set(range(4)) - set(first))
-        return [(torch.tensor(b), labels[torch.tensor(b)]) for b in (first, rest)], distance
+        return [(torch.tensor(b), labels[torch.tensor(b)]) for b in (first, rest)], distance, Descent(steps=1)
 
     monkeypatch.setattr(FedAvgReplay, "_learn_schedule", fake)
     began = []
@@ -153,7 +157,7 @@ def test_the_lowest_relaxed_start_is_kept(monkeypatch):
     monkeypatch.setattr(FedAvgReplay, "_run_restart", spy)
     result = FedAvgReplay(L2(), torch.optim.Adam, iterations=1, assignment="learned", assignment_starts=3).reconstruct(
         obs, batch.labels)
-    assert result.schedule == [[0, 2], [1, 3]] and result.relaxed_distance == 0.1
+    assert result.extras["replay_schedule"] == [[0, 2], [1, 3]] and result.extras["relaxed_distance"] == 0.1
     assert len(seen) == 3 and not torch.equal(seen[0], seen[1])  # every start draws its own images
     torch.testing.assert_close(began[0], seen[1])
     with pytest.raises(DeepleakError, match="assignment_starts must be >= 1"):
@@ -161,7 +165,7 @@ def test_the_lowest_relaxed_start_is_kept(monkeypatch):
     # One step per epoch: no order to learn.
     _, whole = _client(n=4, b=4, epochs=2, lr=0.05)
     assert FedAvgReplay(L2(), torch.optim.Adam, iterations=1, assignment="learned").reconstruct(
-        whole, batch.labels).assignment == "random"
+        whole, batch.labels).extras["replay_assignment"] == "random"
 
 
 @pytest.mark.parametrize("bn_mode", ["train", "eval"])
@@ -172,10 +176,11 @@ def test_learned_order_runs_on_a_batch_norm_victim(bn_mode):
                         (3, 16, 16), seed=0)
     generator = torch.Generator().manual_seed(0)
     batch = PrivateBatch(torch.rand(4, 3, 16, 16, generator=generator), torch.tensor([0, 1, 2, 3]))
-    obs = FedAvg(batch_size=2, epochs=2, lr=0.05, bn_mode=bn_mode).observe(model, batch, 10)
+    obs = FedAvg(local_batch_size=2, epochs=2, lr=0.05, bn_mode=bn_mode).observe(model, batch, 10)
     result = FedAvgReplay(L2(), torch.optim.Adam, iterations=2, assignment="learned", assignment_iterations=2,
                     assignment_starts=2).reconstruct(obs, batch.labels)
-    assert result.assignment == "learned" and math.isfinite(result.relaxed_distance)
+    assert result.extras["replay_assignment"] == "learned" and math.isfinite(result.extras["relaxed_distance"])
     assert math.isfinite(result.gradient_distance) and torch.isfinite(result.images).all()
-    for epoch in (result.schedule[:2], result.schedule[2:]):
+    schedule = result.extras["replay_schedule"]
+    for epoch in (schedule[:2], schedule[2:]):
         assert sorted(i for step in epoch for i in step) == [0, 1, 2, 3]

@@ -22,7 +22,7 @@ def test_reverse_pass_equals_the_unrolled_gradient(monkeypatch, stores, whole, e
     model = build_model(LENET, 10, (3, 12, 12), seed=0)
     generator = torch.Generator().manual_seed(0)
     batch = PrivateBatch(torch.rand(7, 3, 12, 12, generator=generator), torch.arange(7) % 10)
-    observation = FedAvg(batch_size=1, epochs=1, lr=0.1).observe(model, batch, 10)
+    observation = FedAvg(local_batch_size=1, epochs=1, lr=0.1).observe(model, batch, 10)
     schedule = make_schedule(batch.labels, 1, 1, torch.Generator().manual_seed(1), copies=False)
     assert len(schedule) == 7  # odd: uneven halves, and every branch of the split is taken
     start = [p.detach() for p in observation.model.parameters()]
@@ -56,7 +56,7 @@ def test_recomputation_stays_bounded(monkeypatch, whole):
     monkeypatch.setattr(Client, "step", counting)
     model = build_model(LENET, 10, (3, 8, 8), seed=0)
     batch = PrivateBatch(torch.rand(16, 3, 8, 8), torch.arange(16) % 10)
-    observation = FedAvg(batch_size=1, epochs=1, lr=0.1).observe(model, batch, 10)
+    observation = FedAvg(local_batch_size=1, epochs=1, lr=0.1).observe(model, batch, 10)
     schedule = make_schedule(batch.labels, 1, 1, torch.Generator().manual_seed(1), copies=False)
     client = Client(observation.model, 0.1, schedule)
     start = [p.detach() for p in observation.model.parameters()]
@@ -80,7 +80,7 @@ def test_finite_difference_reverse_pass_matches_the_exact_one(scheme, step, bar)
     model = build_model(LENET, 10, (3, 12, 12), seed=0).double()
     generator = torch.Generator().manual_seed(0)
     batch = PrivateBatch(torch.rand(4, 3, 12, 12, generator=generator, dtype=torch.float64), torch.arange(4) % 10)
-    observation = FedAvg(batch_size=2, epochs=2, lr=0.1).observe(model, batch, 10)
+    observation = FedAvg(local_batch_size=2, epochs=2, lr=0.1).observe(model, batch, 10)
     schedule = make_schedule(batch.labels, 2, 2, torch.Generator().manual_seed(1), copies=False)
     start = [p.detach() for p in observation.model.parameters()]
     target = list(observation.gradient_view().gradient)
@@ -101,11 +101,11 @@ def test_finite_difference_replay_calibrates_records_and_refuses_kinks():
 
     model = build_model(LENET, 10, (3, 12, 12), seed=0)
     batch = PrivateBatch(torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(0)), torch.arange(4) % 10)
-    observation = FedAvg(batch_size=2, epochs=2, lr=0.1).observe(model, batch, 10)
+    observation = FedAvg(local_batch_size=2, epochs=2, lr=0.1).observe(model, batch, 10)
     result = FedAvgReplay(L2(), torch.optim.Adam, iterations=3, image_gradient=FiniteDifference()).reconstruct(
         observation, batch.labels)
-    assert result.image_gradient_agreement > 0.999 and 0 < result.image_gradient_step < 1e-2
+    assert result.extras["image_gradient_agreement"] > 0.999 and 0 < result.extras["image_gradient_step"] < 1e-2
     relu = build_model({**LENET, "activation_fn": "relu"}, 10, (3, 12, 12), seed=0)
-    observation = FedAvg(batch_size=2, epochs=2, lr=0.1).observe(relu, batch, 10)
+    observation = FedAvg(local_batch_size=2, epochs=2, lr=0.1).observe(relu, batch, 10)
     with pytest.raises(DeepleakError, match="smooth victim"):
         FedAvgReplay(L2(), torch.optim.Adam, iterations=3, image_gradient=FiniteDifference()).reconstruct(observation, batch.labels)

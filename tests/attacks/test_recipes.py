@@ -267,14 +267,14 @@ def test_group_consistency_runs_members_and_keeps_the_best():
     observation, _, labels = observe(1)
     group = GroupConsistency(size=3, weight=1.0, every=2, choose="best")
     result = GradientMatching(L2(), ADAM, group=group, iterations=6).reconstruct(observation, labels)
-    assert len(result.member_distances) == 3
-    assert result.gradient_distance == min(result.member_distances)
+    assert len(result.extras["member_distances"]) == 3
+    assert result.gradient_distance == min(result.extras["member_distances"])
     assert result.evaluations == 6 * 3 + 3  # every member every step, then each member scored
     mean = GroupConsistency(size=3, weight=1.0, every=2, choose="mean")
     averaged = GradientMatching(L2(), ADAM, group=mean, iterations=6).reconstruct(observation, labels)
     assert averaged.evaluations == 6 * 3 + 3 + 1  # and the mean scored
-    assert averaged.member_distances == pytest.approx(result.member_distances)  # same seeds, same members
-    assert averaged.gradient_distance not in averaged.member_distances
+    assert averaged.extras["member_distances"] == pytest.approx(result.extras["member_distances"])  # same seeds, same members
+    assert averaged.gradient_distance not in averaged.extras["member_distances"]
 
 
 def test_group_anchor_is_refreshed_every_k_steps_and_detached():
@@ -304,6 +304,7 @@ def test_dlg_optimises_soft_labels_and_ignores_the_restored_ones():
     attack = DLG(L2(), LBFGS, iterations=40, box=False)
     assert attack.optimises_labels and not GradientMatching.optimises_labels
     result = attack.reconstruct(observation, wrong)
+    assert result.labels_from_attack
     assert result.labels.tolist() == labels.tolist()  # its own argmax, not the wrong input
     assert psnr(result.images, images)[0] > 25
     assert result.gradient_distance < 1e-3
@@ -312,11 +313,11 @@ def test_dlg_optimises_soft_labels_and_ignores_the_restored_ones():
 def test_task_records_the_attacks_own_and_the_restored_labels(compose, tmp_path):
     from deepleak.tasks.attack import run
 
-    cfg = compose("attack=dlg", "batch_size=1", "attack.iterations=40", "labels=oracle", "labels.wrong=1",
+    cfg = compose("attack=dlg", "batch_size=1", "attack.iterations=40", "labels=oracle", "wrong_labels=1",
                   "model.width=12", "save_images=false", "device=cpu")
     trial = run(cfg, tmp_path)["per_trial"][0]
     assert trial["labels_source"] == "attack"
-    assert trial["restored_label_accuracy"] == 0.0  # labels.wrong=1 on a batch of one
+    assert trial["restored_label_accuracy"] == 0.0  # wrong_labels=1 on a batch of one
     assert trial["attack_label_accuracy"] == trial["label_accuracy"] == 1.0
     assert trial["attack_labels"] == trial["true_labels"]
     assert trial["restored_label_metrics"]["label_accuracy"] == 0.0

@@ -22,6 +22,9 @@ def run_dirs(root: Path) -> list[Path]:
         (["attack.iterations=abc"], "attack.iterations"),
         (["-m", "batch_size=1,abc"], "batch_size must be of type int"),
         (["-m", "batch_size=1,2", "--cfg", "job"], "-m and --cfg cannot be combined"),
+        (["labels.wrong=1"], "labels.wrong is now wrong_labels"),
+        (["+scenario=fedavg", "scenario.batch_size=2"], "scenario.batch_size is now scenario.local_batch_size"),
+        (["scenario=fedavg", "scenario.local_batch_size=8"], "scenario.local_batch_size (the local mini-batch B = 8) must be <="),
     ],
 )
 def test_user_errors_end_in_one_line(deepleak, tmp_path, args, expected):
@@ -80,3 +83,22 @@ def test_multirun_writes_one_dir_per_job(deepleak, tmp_path):
     assert [p.name for p in jobs] == ["0", "1"]
     sizes = [json.loads((job / "metrics.json").read_text())["batch_size"] for job in jobs]
     assert sizes == [1, 2]
+
+
+def test_a_scenario_is_chosen_with_or_without_plus(deepleak):
+    """``+scenario=fedavg`` (the form users type) and ``scenario=fedavg`` print one config;
+    without either the primary config's FedSGD."""
+    plus = deepleak("attack", "+scenario=fedavg", "attack=ig", "--cfg", "job")
+    plain = deepleak("attack", "scenario=fedavg", "attack=ig", "--cfg", "job")
+    default = deepleak("attack", "--cfg", "job")
+    assert plus.returncode == plain.returncode == default.returncode == 0, plus.stderr + plain.stderr + default.stderr
+    assert plus.stdout == plain.stdout
+    assert "deepleak.scenarios.FedAvg" in plus.stdout and "local_batch_size: 2" in plus.stdout
+    assert "deepleak.scenarios.FedSGD" in default.stdout and "wrong_labels: 0" in default.stdout
+
+
+def test_help_lists_every_group(deepleak):
+    result = deepleak("attack", "--help")
+    assert result.returncode == 0, result.stderr
+    for line in ("scenario: fedavg, fedsgd", "experiment: paper_batch_size", "attack: dlg, fedavg_replay"):
+        assert line in result.stdout

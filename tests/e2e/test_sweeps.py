@@ -101,3 +101,18 @@ def test_two_runs_started_together_write_two_dirs(tmp_path):
     dirs = [p for p in (tmp_path / "outputs" / "runs").glob("*/*") if p.is_dir()]
     assert len(dirs) == 2
     assert all((d / "metrics.json").is_file() for d in dirs)
+
+
+def test_a_scenario_sweep_resumes_into_its_own_dir(deepleak, tmp_path):
+    """``-m +scenario=fedsgd,fedavg`` sweeps both scenarios; rerun with resume=true, the same
+    sweep dir is found (the overrides are recorded as Hydra got them) and nothing reruns."""
+    sweep_args = ("attack", "-m", "+scenario=fedsgd,fedavg", "attack=none", "save_images=false")
+    first = deepleak(*sweep_args)
+    assert first.returncode == 0, first.stderr
+    (sweep,) = sweep_dirs(tmp_path)
+    names = [json.loads((sweep / str(i) / "metrics.json").read_text())["scenario"] for i in range(2)]
+    assert names == ["fedsgd", "fedavg"]
+    again = deepleak(*sweep_args, "resume=true")
+    assert again.returncode == 0, again.stderr
+    assert sweep_dirs(tmp_path) == [sweep]
+    assert all(attempts(sweep / str(i)) == ["started", "skipped: complete"] for i in range(2))

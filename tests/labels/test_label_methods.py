@@ -1,5 +1,5 @@
-"""GradInversion, LLG and iLRG (PAPER.md section 6): exact answers on crafted gradients,
-their stated requirements, and (slow) the duplicates figure of PAPER.md section 5."""
+"""GradInversion, LLG and iLRG (docs/method.md (baseline label methods)): exact answers on crafted gradients,
+their stated requirements, and (slow) the duplicates figure of docs/method.md (reference figures)."""
 
 import numpy as np
 import pytest
@@ -225,7 +225,7 @@ def duplicates_accuracy(compose, tmp_path, method, r, trials=200):
 
 @pytest.mark.slow
 def test_gradinversion_loses_one_label_per_duplicate(compose, tmp_path):
-    """PAPER.md section 5: GradInversion loses one label per duplicate (1/16 at K = 16).
+    """docs/method.md (reference figures): GradInversion loses one label per duplicate (1/16 at K = 16).
 
     Measured here (seed 0, 200 batches): 91.2, 85.4, 79.9, 74.7, 68.8, 62.9, 57.4, 51.9, 46.5 %
     for r = 1..9. It starts ~8 points below the paper's 99.6 %: the untrained LeNet gives

@@ -1,5 +1,5 @@
 """Label restoration: rounding counts to labels, exact answers on crafted gradients, the
-zero-shot figure of the paper (PAPER.md sections 1, 5 and 7), and refusals."""
+zero-shot figure of the paper (docs/method.md (zero-shot labels; reference figures; findings that shaped the defaults)), and refusals."""
 
 import time
 
@@ -23,7 +23,7 @@ RULES = ["largest_remainder", "round"]
 
 
 def overlap(pred, truth, num_classes):
-    """Multiset overlap of predicted and true labels (PAPER.md section 4)."""
+    """Multiset overlap of predicted and true labels (docs/method.md (victims, data and metrics))."""
     a = np.bincount(np.asarray(pred), minlength=num_classes)
     b = np.bincount(np.asarray(truth), minlength=num_classes)
     return int(np.minimum(a, b).sum())
@@ -270,7 +270,7 @@ def run_figure(dataset, rs, trials, record_property):
 
 
 def test_zeroshot_duplicated_labels_figure(sample20, record_property):
-    """PAPER.md section 7: ~0.97-0.98 for r = 1..8 over 50 batches.
+    """docs/method.md (findings that shaped the defaults): ~0.97-0.98 for r = 1..8 over 50 batches.
 
     The method's accuracy on this setup is 0.9735 +- 0.0017 at every r (500 batches per r),
     and the per-batch spread gives a 50-batch mean a standard error of ~0.0055, so a single

@@ -179,7 +179,7 @@ def test_lpips_loads_trunk_from_cached_file(fake_torch_home, no_network, capsys)
     assert torch.equal(metric.model.net.slice1[0].weight, state["features.0.weight"])
     assert torch.equal(metric.model.net.slice5[0].bias, state["features.10.bias"])
     # The linear heads are lpips' shipped v0.1 weights.
-    lin = torch.load(M._lpips_linear_weights_path(), map_location="cpu", weights_only=True)
+    lin = torch.load(M.lpips._lpips_linear_weights_path(), map_location="cpu", weights_only=True)
     assert torch.equal(metric.model.lin0.model[1].weight, lin["lin0.model.1.weight"])
 
     for side in (8, 32):  # 8 px goes through the upsampling path

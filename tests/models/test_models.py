@@ -119,7 +119,7 @@ def test_build_model_from_omegaconf_and_shape_arguments():
     cfg = OmegaConf.create({**LENET_CFG, "checkpoint": None})
     model = build_model(cfg, 20, [3, 16, 16], seed=0)
     assert model.fc.out_features == 20 and model.fc.in_features == 12 * 4 * 4
-    # The config object is not consumed (checkpoint popped from a copy only).
+    # The config object is not consumed.
     assert "checkpoint" in cfg
     plain = {**LENET_CFG, "checkpoint": None}
     build_model(plain, 20, (3, 16, 16), seed=0)
@@ -167,6 +167,25 @@ def test_checkpoint_of_wrong_architecture(tmp_path):
     torch.save(ResNet18(num_classes=10, width=4).state_dict(), path)
     with pytest.raises(DeepleakError):
         build_model({**LENET_CFG, "checkpoint": str(path)}, 10, (3, 32, 32), seed=0)
+
+
+@pytest.mark.parametrize("name", ["LeNet", "MLP", "ConvNet", "ResNet18", "ResNet18ImageNet", "ResNet50"])
+def test_every_model_takes_its_checkpoint_as_an_argument(tmp_path, name):
+    """model.checkpoint is the model's own constructor argument (Victim): the option builds
+    with plain instantiate, no key popped by the task."""
+    import inspect
+
+    from deepleak import models
+
+    cls = getattr(models, name)
+    assert issubclass(cls, models.Victim)
+    assert inspect.signature(cls).parameters["checkpoint"].default is None
+    small = {"hidden": 8} if name == "MLP" else {"width": 2}
+    source = cls(num_classes=3, image_shape=(3, 32, 32), **small)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    torch.manual_seed(123)
+    loaded = cls(num_classes=3, image_shape=(3, 32, 32), checkpoint=str(tmp_path / "w.pt"), **small)
+    assert _params_equal(source, loaded)
 
 
 def test_missing_checkpoint(tmp_path):

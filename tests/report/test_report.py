@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from deepleak import report as rep
+from deepleak.errors import DeepleakError
 
 ABSENT_REASON = "LPIPS absent: AlexNet weights not found"
 
@@ -176,7 +177,7 @@ def test_cli_main(sweep, capsys):
 
 
 def test_no_jobs_is_an_error(tmp_path):
-    with pytest.raises(rep.DeepleakError, match="no job"):
+    with pytest.raises(DeepleakError, match="no job"):
         rep.report([tmp_path])
     assert not (tmp_path / "report").exists()
 

@@ -13,7 +13,8 @@ from deepleak.errors import DeepleakError
 from deepleak.labels import ZeroShot
 from deepleak.labels.fedavg import Interpolated, Simulated
 from deepleak.models import build_model
-from deepleak.scenarios import FedAvg, PrivateBatch
+from deepleak.scenarios import FedAvg, FedSGD, PrivateBatch
+from deepleak.scenarios.base import Scenario
 from deepleak.scenarios.recipe import step_batches
 
 LENET = {"_target_": "deepleak.models.LeNet", "width": 8, "activation_fn": "sigmoid", "init_scale": 0.5}
@@ -33,7 +34,7 @@ def test_crafted_client_weights_known_exactly():
     nn.init.zeros_(model[1].bias)
     images = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).reshape(2, 1, 1, 3)
     batch = PrivateBatch(images, torch.tensor([0, 1]))
-    obs = FedAvg(batch_size=1, epochs=1, lr=0.5, shuffle=False).observe(model, batch, num_classes=2)
+    obs = FedAvg(local_batch_size=1, epochs=1, lr=0.5, shuffle=False).observe(model, batch, num_classes=2)
     s = 1 / (1 + math.exp(-0.5))  # softmax of the logits (0.25, -0.25) at step 2
     weight = torch.tensor([[0.25, -s / 2, 0.0], [-0.25, s / 2, 0.0]])
     bias = torch.tensor([0.25 - s / 2, -0.25 + s / 2])
@@ -51,7 +52,7 @@ def test_recipe_metadata_and_leak_switches():
     model = build_model(LENET, 10, (3, 16, 16), seed=0)
     before = [p.clone() for p in model.parameters()]
     batch = _batch(7, 10)
-    obs = FedAvg(batch_size=3, epochs=2, lr=0.01).observe(model, batch, 10)
+    obs = FedAvg(local_batch_size=3, epochs=2, lr=0.01).observe(model, batch, 10)
     r = obs.recipe
     assert (r.num_samples, r.batch_size, r.epochs, r.lr, r.bn_mode) == (7, 3, 2, 0.01, "train")
     assert obs.local_steps == 6  # 2 epochs x ceil(7 / 3)
@@ -59,22 +60,24 @@ def test_recipe_metadata_and_leak_switches():
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert all(torch.equal(a, b) for a, b in zip(obs.model.parameters(), before))
     assert not any(torch.equal(a, b) for a, b in zip(obs.weights, before))
-    leaky = FedAvg(batch_size=3, epochs=2, lr=0.01, leak_metadata=True, snapshot_every=2)
+    leaky = FedAvg(local_batch_size=3, epochs=2, lr=0.01, leak_metadata=True, snapshot_every=2)
     assert leaky.metadata_leaked == {"step_labels": True, "snapshot_every": 2}
+    # Both scenarios are Scenarios and say what they leak (FedSGD: nothing beyond the gradient).
+    assert isinstance(leaky, Scenario) and isinstance(FedSGD(), Scenario) and FedSGD().metadata_leaked == {}
     obs = leaky.observe(model, batch, 10)
     steps = obs.metadata["step_labels"]
     assert [len(s) for s in steps] == [3, 3, 1, 3, 3, 1]
     assert sorted(sum(steps[:3], [])) == sorted(batch.labels.tolist())
     assert [step for step, _ in obs.metadata["snapshots"]] == [2, 4]
     with pytest.raises(DeepleakError, match="must be <="):
-        FedAvg(batch_size=8).observe(model, batch, 10)
+        FedAvg(local_batch_size=8).observe(model, batch, 10)
 
 
 def test_shuffle_is_seeded_and_differs_per_call():
     model = build_model(LENET, 10, (3, 16, 16), seed=0)
     batch = _batch(6, 10)
-    a = FedAvg(batch_size=2, epochs=1, lr=0.1, seed=3, leak_metadata=True)
-    b = FedAvg(batch_size=2, epochs=1, lr=0.1, seed=3, leak_metadata=True)
+    a = FedAvg(local_batch_size=2, epochs=1, lr=0.1, seed=3, leak_metadata=True)
+    b = FedAvg(local_batch_size=2, epochs=1, lr=0.1, seed=3, leak_metadata=True)
     first, second = a.observe(model, batch, 10), a.observe(model, batch, 10)
     again = b.observe(model, batch, 10)
     assert all(torch.equal(x, y) for x, y in zip(first.weights, again.weights))
@@ -86,7 +89,7 @@ def test_replay_reproduces_client_weights(cfg, bn_mode):
     """Fed the true data, labels and order, the replay gives the client's own W_T."""
     model = build_model(cfg, 10, (3, 16, 16), seed=1)
     batch = _batch(5, 10, seed=1)
-    obs = FedAvg(batch_size=2, epochs=2, lr=0.05, bn_mode=bn_mode, shuffle=False).observe(model, batch, 10)
+    obs = FedAvg(local_batch_size=2, epochs=2, lr=0.05, bn_mode=bn_mode, shuffle=False).observe(model, batch, 10)
     schedule = [(c, batch.labels[c]) for _ in range(2) for c in step_batches(torch.arange(5), 2)]
     from deepleak.scenarios.recipe import set_bn_mode
     client = Client(set_bn_mode(obs.model, bn_mode), 0.05, schedule, checkpoint_every=2)
@@ -102,7 +105,7 @@ def test_replay_reproduces_client_weights(cfg, bn_mode):
 def test_checkpointed_gradient_equals_unrolled():
     model = build_model(LENET, 10, (3, 16, 16), seed=2)
     batch = _batch(6, 10, seed=2)
-    obs = FedAvg(batch_size=4, epochs=3, lr=0.05).observe(model, batch, 10)
+    obs = FedAvg(local_batch_size=4, epochs=3, lr=0.05).observe(model, batch, 10)
     schedule = make_schedule(batch.labels, 3, 4, torch.Generator().manual_seed(0), copies=False)
     start = [p.detach() for p in obs.model.parameters()]
     target = list(obs.gradient_view().gradient)
@@ -142,7 +145,7 @@ def _clients(lr, epochs, count=6, n=16, b=4, classes=20):
         rng = np.random.default_rng(client)
         images, labels = dataset.batch(Random().sample(dataset.targets, classes, n, rng))
         model = build_model(cfg, classes, (3, 32, 32), seed=client)
-        yield FedAvg(batch_size=b, epochs=epochs, lr=lr, seed=client).observe(model, PrivateBatch(images, labels), classes), labels
+        yield FedAvg(local_batch_size=b, epochs=epochs, lr=lr, seed=client).observe(model, PrivateBatch(images, labels), classes), labels
 
 
 def test_label_counts_sum_to_n_and_beat_pseudo():
@@ -180,7 +183,7 @@ def test_fitted_labels_exact_on_a_classifier_only_client():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
     batch = PrivateBatch(torch.rand(5, 3, 4, 4), torch.tensor([1, 1, 4, 7, 7]))
-    obs = FedAvg(batch_size=5, epochs=3, lr=0.5, seed=0).observe(model, batch, 10)
+    obs = FedAvg(local_batch_size=5, epochs=3, lr=0.5, seed=0).observe(model, batch, 10)
     method = Fitted(iterations=600)
     soft, residual = method.fit(obs)
     # Measured: 2.6e-4 after 600 steps (6.4e-3 after 100); each soft label >= 0.97 on its class.

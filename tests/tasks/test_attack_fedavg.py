@@ -15,7 +15,7 @@ SMALL = ("+scenario=fedavg", "model.width=8", "dataset.resolution=16", "save_ima
 
 
 def test_labels_only_records_recipe_and_leak_switches(compose, tmp_path):
-    cfg = compose(*SMALL, "attack=none", "batch_size=6", "scenario.batch_size=4", "trials=2")
+    cfg = compose(*SMALL, "attack=none", "batch_size=6", "scenario.local_batch_size=4", "trials=2")
     result = run(cfg, tmp_path)
     assert result["scenario"] == "fedavg"
     assert result["metadata_leaked"] == {"step_labels": False, "snapshot_every": 0}
@@ -39,7 +39,7 @@ def test_first_trial_reruns_the_same_trials(compose, tmp_path, monkeypatch):
         return observation
 
     monkeypatch.setattr(FedAvg, "observe", spy)
-    small = (*SMALL, "attack=none", "batch_size=6", "scenario.batch_size=2", "scenario.lr=0.1")
+    small = (*SMALL, "attack=none", "batch_size=6", "scenario.local_batch_size=2", "scenario.lr=0.1")
     both = run(compose(*small, "trials=2"), tmp_path / "a")
     second = run(compose(*small, "first_trial=1"), tmp_path / "b")
     assert second["first_trial"] == 1 and [t["trial"] for t in second["per_trial"]] == [1]
@@ -48,7 +48,7 @@ def test_first_trial_reruns_the_same_trials(compose, tmp_path, monkeypatch):
         assert list(second["per_trial"][0][key]) == list(both["per_trial"][1][key])
     assert torch.equal(shared[2], shared[1])  # the client trained in the same order
     # A different shuffle of the same batch and model shares different weights: the check bites.
-    again = FedAvg(batch_size=2, epochs=2, lr=0.1, seed=0)
+    again = FedAvg(local_batch_size=2, epochs=2, lr=0.1, seed=0)
     cfg = compose(*small)
     from deepleak.config import make
     from deepleak.models import build_model
@@ -68,7 +68,9 @@ def test_replay_route_records_per_epoch_agreement(compose, tmp_path, mode, assig
     cfg = compose(*SMALL, "attack=fedavg_replay", "attack.iterations=2", "attack.optimizer.max_iter=3",
                   f"attack.mode={mode}", f"attack.assignment={assignment}", "attack.assignment_iterations=2",
                   "labels=oracle")
-    trial = run(cfg, tmp_path)["per_trial"][0]
+    result = run(cfg, tmp_path)
+    trial = result["per_trial"][0]
+    assert result["oracle_labels"] is True  # labels=oracle: the task revealed the truth to it
     saved = json.loads((tmp_path / "metrics.json").read_text())["per_trial"][0]
     assert saved["replay_assignment"] == assignment
     assert len(saved["replay_schedule"]) == 4  # N 4, B 2, E 2: T = 4 steps of dummy indices
@@ -92,8 +94,8 @@ def test_snapshots_route(compose, tmp_path):
 
 
 def test_local_batch_larger_than_n_fails_at_start(compose):
-    with pytest.raises(DeepleakError, match="scenario.batch_size"):
-        validate(compose("+scenario=fedavg", "batch_size=2", "scenario.batch_size=4"))
+    with pytest.raises(DeepleakError, match="scenario.local_batch_size"):
+        validate(compose("+scenario=fedavg", "batch_size=2", "scenario.local_batch_size=4"))
 
 
 def test_fedsgd_still_default(compose):

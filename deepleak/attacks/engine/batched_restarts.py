@@ -35,55 +35,95 @@ refused.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from deepleak.attacks.engine.image_gradient import FiniteDifference, norm
+from deepleak.attacks.engine.image_gradient import DoubleBackward, FiniteDifference, norm
+from deepleak.attacks.loop import deadline, planned_steps
+from deepleak.attacks.parts.prior import group_priors
+from deepleak.attacks.parts.protocols import FunctionalDistance, RestartDirectionalDistance
+from deepleak.attacks.result import Reconstruction
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation
 
 log = logging.getLogger(__name__)
 
 
-def check_batchable(attack) -> None:
+class BatchableAttack(Protocol):
+    """What the batched restarts read of an attack (a GradientMatching): its settings, its
+    objective's parts and the two hooks below."""
+
+    distance: Callable
+    optimizer: Callable[..., torch.optim.Optimizer]
+    priors: dict[str, Callable]
+    scheduler: Callable | None
+    iterations: int
+    restarts: int
+    signed: bool
+    box: bool
+    budget_s: float | None
+    log_every: int
+    group: object | None
+    max_evaluations: int | None
+    optimises_labels: bool
+    image_gradient: DoubleBackward | FiniteDifference
+
+    def overridden_objective(self) -> str | None:
+        """The first objective method of GradientMatching's that the attack's class overrides
+        (None: the objective is GradientMatching's own, which the batch computes)."""
+
+    def prepare(self, observation: Observation) -> tuple[nn.Module, list[torch.Tensor], torch.device]:
+        """(model copy, target gradient, device)."""
+
+    def check_image_gradient(self, model, labels, target, observation: Observation, seed: int, device) -> float | None:
+        """The finite-difference route's calibration and agreement (None for the exact route)."""
+
+
+def _optimizer_class(factory: Callable[..., torch.optim.Optimizer]) -> object:
+    """The optimiser class behind ``factory`` (a class or a functools.partial of one)."""
+    return factory.func if isinstance(factory, functools.partial) else factory
+
+
+def check_batchable(attack: BatchableAttack) -> None:
     """Raise a DeepleakError when ``attack``'s restarts cannot run as one batch (callable at
     construction: it needs the settings only)."""
-    from deepleak.attacks.gradient_matching import GradientMatching
-
-    for method in ("matching_distance", "objective", "prepare", "loss_labels"):
-        if getattr(type(attack), method, None) is not getattr(GradientMatching, method, None):
-            # A subclass with its own objective (snapshots, DLG's labels): batching it would
-            # silently optimise GradientMatching's instead.
-            raise DeepleakError(
-                f"batched restarts support GradientMatching's own objective; {type(attack).__name__} "
-                f"overrides {method}; run its restarts sequentially"
-            )
-    if getattr(attack.optimizer, "func", attack.optimizer) is torch.optim.LBFGS:
+    method = attack.overridden_objective()
+    if method is not None:
+        # A subclass with its own objective (snapshots, DLG's labels): batching it would
+        # silently optimise GradientMatching's instead.
+        raise DeepleakError(
+            f"batched restarts support GradientMatching's own objective; {type(attack).__name__} "
+            f"overrides {method}; run its restarts sequentially"
+        )
+    if _optimizer_class(attack.optimizer) is torch.optim.LBFGS:
         raise DeepleakError("batched restarts need an elementwise optimiser (Adam, SGD): L-BFGS couples the restarts")
-    if getattr(attack, "group", None) is not None:
+    if attack.group is not None:
         raise DeepleakError("batched restarts do not support group consistency (attack.group); run them sequentially")
-    if getattr(attack, "optimises_labels", False):
+    if attack.optimises_labels:
         raise DeepleakError("batched restarts do not support attacks that optimise the labels; run them sequentially")
-    route = getattr(attack, "image_gradient", None)
-    if not getattr(route, "exact", True) and not isinstance(route, FiniteDifference):
+    route = attack.image_gradient
+    if not route.exact and not isinstance(route, FiniteDifference):
         raise DeepleakError(
             f"batched restarts support the double_backward and finite_difference image gradients, not {type(route).__name__}"
         )
-    if not hasattr(attack.distance, "functional"):
+    if not isinstance(attack.distance, FunctionalDistance):
         raise DeepleakError(
             f"batched restarts need a distance with a functional form; {type(attack.distance).__name__} has none"
         )
-    for name, prior in attack.priors.items():
-        if hasattr(prior, "attach"):
-            raise DeepleakError(
-                f"batched restarts do not support the {name} prior: it reads the model's activations; run restarts sequentially"
-            )
+    reading = list(group_priors(attack.priors).reads_model)
+    if reading:
+        raise DeepleakError(
+            f"batched restarts do not support the {reading[0]} prior: it reads the model's activations; run restarts sequentially"
+        )
 
 
 def drop_train_bn_statistics(model: nn.Module) -> nn.Module:
@@ -114,12 +154,12 @@ class BatchedObjective:
         self.buffers = dict(model.named_buffers())
         self.target = target
         self.distance_fn = distance.functional
-        self.priors = list(priors.values())
         # Priors with a closed-form gradient (TV) take it over all restarts at once, outside
         # vmap (LeNet batch 8, 16 restarts, one thread: TV cost 7.9 ms per step under vmap);
         # the others are differentiated under vmap with the rest of the objective.
-        self.closed = [prior for prior in self.priors if hasattr(prior, "value_and_gradient")]
-        self.others = [prior for prior in self.priors if not hasattr(prior, "value_and_gradient")]
+        closed = group_priors(priors).closed_form
+        self.closed = list(closed.values())
+        self.others = [prior for name, prior in priors.items() if name not in closed]
         self._step = vmap(grad_and_value(self._objective, has_aux=True), in_dims=(0, None))
         self._distance = vmap(self._matching, in_dims=(0, None))
 
@@ -178,8 +218,8 @@ class BatchedFiniteDifference(BatchedObjective):
         self._prior_step = vmap(grad_and_value(self._prior)) if self.others else None
         # dD/dg of every restart at once in closed form (L2, cosine: a few passes over the
         # stacked gradients), else by autograd under vmap.
-        closed_form = getattr(distance, "restart_direction", None)
-        self._direction = closed_form if closed_form is not None else self._direction_by_autograd
+        closed_form = isinstance(distance, RestartDirectionalDistance)
+        self._direction = distance.restart_direction if closed_form else self._direction_by_autograd
 
     def _direction_by_autograd(self, candidate: list[torch.Tensor], target: list[torch.Tensor]):
         direction, value = vmap(grad_and_value(self.distance_fn), in_dims=(0, None))(candidate, target)
@@ -217,11 +257,10 @@ def _per_restart(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, seed: int = 0):
+def reconstruct_batched(attack: BatchableAttack, observation: Observation, labels: torch.Tensor,
+                        seed: int = 0) -> Reconstruction:
     """What ``attack.reconstruct(observation, labels, seed)`` returns, with the restarts run
     as one batch. ``attack`` is a GradientMatching with an elementwise optimiser."""
-    from deepleak.attacks.gradient_matching import Reconstruction
-
     check_batchable(attack)
     model, target, device = attack.prepare(observation)
     drop_train_bn_statistics(model)
@@ -239,8 +278,7 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
     optimizer = attack.optimizer([variables])
     if isinstance(optimizer, torch.optim.LBFGS):
         raise DeepleakError("batched restarts need an elementwise optimiser (Adam, SGD): L-BFGS couples the restarts")
-    cap = getattr(attack, "max_evaluations", None)
-    steps = attack.iterations if cap is None else max(1, min(attack.iterations, cap // restarts))
+    steps = planned_steps(attack.iterations, attack.max_evaluations, restarts)
     scheduler = attack.scheduler(optimizer, steps) if attack.scheduler else None
     route = attack.image_gradient
     if route.exact:
@@ -256,7 +294,7 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
         objective = BatchedFiniteDifference(model, target, attack.distance, attack.priors, route)
 
     start = time.perf_counter()
-    deadline = start + attack.budget_s if attack.budget_s else math.inf
+    stop_at = deadline(attack.budget_s, start)
     active = torch.ones(restarts, dtype=torch.bool, device=device)
     done = torch.zeros(restarts, dtype=torch.int64, device=device)
     evaluations = torch.zeros(restarts, dtype=torch.int64, device=device)
@@ -264,7 +302,7 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
     last_finite = variables.detach().clone()
     stopped = interrupted = False
     for step in range(steps):
-        if time.perf_counter() >= deadline:
+        if time.perf_counter() >= stop_at:
             stopped = True
             break
         try:
@@ -317,6 +355,6 @@ def reconstruct_batched(attack, observation: Observation, labels: torch.Tensor, 
         stopped_by_budget=stopped,
         interrupted=interrupted,
         history=[float(v) for v in curve[: done_list[best], best]],
-        image_gradient_agreement=agreement,
-        image_gradient_step=None if agreement is None else route.current_step,
+        extras={} if agreement is None else {"image_gradient_agreement": agreement,
+                                             "image_gradient_step": route.current_step},
     )

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from deepleak.attacks.engine.kinks import FrozenMaxPool2d, freeze_kinks
 from deepleak.attacks.engine.step import Deferral, combine_deferred, deferring, fast_double_backward, fast_input_gradient
+from deepleak.attacks.parts.protocols import DirectionalDistance
 from deepleak.errors import DeepleakError
 
 # Layers whose gradient jumps: a difference of input gradients across the jump is meaningless.
@@ -322,8 +323,7 @@ class FiniteDifference:
 def _direction(distance, candidate: list[Tensor], target: list[Tensor]):
     """(D, dD/dc as [(coefficient, tensors)], ||dD/dc||): from the distance's closed form
     where it has one (L2, cosine), else by autograd."""
-    direction = getattr(distance, "direction", None)
-    found = direction(candidate, target) if direction is not None else None
+    found = distance.direction(candidate, target) if isinstance(distance, DirectionalDistance) else None
     if found is not None:
         return found
     with torch.enable_grad():

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from deepleak.attacks.parts.protocols import Direction
+
 
 def _dot(candidate: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """sum_i <c_i, t_i> over layers, one kernel per layer."""
@@ -194,9 +196,6 @@ class _CosineFunction(torch.autograd.Function):
             gradients = torch._foreach_mul(list(target), a)
             torch._foreach_add_(gradients, torch._foreach_mul(list(candidate), b))
         return (None, None, None, *gradients, *([None] * len(target)))
-
-
-Direction = tuple[float, list[tuple[float, Sequence[Tensor]]], float]  # (D, [(coefficient, tensors)], ||dD/dc||)
 
 
 class L2:

@@ -5,8 +5,9 @@ A prior is a callable ``prior(images) -> scalar tensor`` on one candidate batch
 the optimisation (nothing is detached but constants such as the model's running statistics).
 
 A prior that needs the victim's activations also has ``attach(model) -> str | None`` and
-``detach()``. :class:`~deepleak.attacks.gradient_matching.GradientMatching` attaches it to the
-attacker's model copy before the optimisation; the prior then reads what forward hooks
+``detach()`` (:class:`~deepleak.attacks.parts.protocols.ModelPrior`).
+:class:`~deepleak.attacks.gradient_matching.GradientMatching` attaches it to the attacker's
+model copy before the optimisation; the prior then reads what forward hooks
 collected during the matching forward pass of the same candidate (no second forward), so it
 must be called after that pass. ``attach`` returns None when the prior is active, else the
 reason it contributes 0 (recorded in the reconstruction and in metrics.json).
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from deepleak.attacks.parts.protocols import ClosedFormPrior, ModelPrior
 from deepleak.errors import DeepleakError
 
 log = logging.getLogger(__name__)
@@ -187,15 +190,41 @@ class BatchNormStatistics:
         return self.weight * total
 
 
+@dataclass(frozen=True)
+class PriorGroups:
+    """The priors by how the finite-difference routes treat them (names kept, order kept):
+    ``reads_model`` (:class:`~deepleak.attacks.parts.protocols.ModelPrior`, run after the pass
+    at theta), ``closed_form`` (:class:`~deepleak.attacks.parts.protocols.ClosedFormPrior`, their
+    gradient added directly) and ``of_images`` (the rest: images only, differentiated with the
+    passes)."""
+
+    reads_model: dict[str, ModelPrior]
+    closed_form: dict[str, ClosedFormPrior]
+    of_images: dict[str, Callable[[Tensor], Tensor]]
+
+
+def group_priors(priors: Mapping[str, Callable[[Tensor], Tensor]]) -> PriorGroups:
+    """Split ``priors`` into :class:`PriorGroups` (a prior that reads the model counts as such
+    even if it has a closed form)."""
+    groups = PriorGroups({}, {}, {})
+    for name, prior in priors.items():
+        if isinstance(prior, ModelPrior):
+            groups.reads_model[name] = prior
+        elif isinstance(prior, ClosedFormPrior):
+            groups.closed_form[name] = prior
+        else:
+            groups.of_images[name] = prior
+    return groups
+
+
 def attach_priors(priors: dict, model: nn.Module | Sequence[nn.Module]) -> dict[str, str]:
-    """Attach every prior that has ``attach`` to ``model`` (for a list of models, the first:
+    """Attach every prior that reads the model to ``model`` (for a list of models, the first:
     the public model W_0); returns {name: why it contributes 0} for the inactive ones."""
     first = model[0] if isinstance(model, (list, tuple)) else model
     inactive = {}
     for name, prior in priors.items():
-        attach = getattr(prior, "attach", None)
-        if attach is not None:
-            reason = attach(first)
+        if isinstance(prior, ModelPrior):
+            reason = prior.attach(first)
             if reason:
                 inactive[name] = reason
     return inactive
@@ -203,6 +232,5 @@ def attach_priors(priors: dict, model: nn.Module | Sequence[nn.Module]) -> dict[
 
 def detach_priors(priors: dict) -> None:
     for prior in priors.values():
-        detach = getattr(prior, "detach", None)
-        if detach is not None:
-            detach()
+        if isinstance(prior, ModelPrior):
+            prior.detach()

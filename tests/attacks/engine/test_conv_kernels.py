@@ -113,11 +113,11 @@ def test_other_kernels_give_the_same_reconstruction_and_are_recorded(route, requ
                                image_gradient=FiniteDifference(step=1e-5) if route else None)
     default = attack().reconstruct(observation, labels)
     auto = attack(conv_kernels="auto").reconstruct(observation, labels)
-    assert default.conv_kernels is None and auto.conv_kernels in ("onednn", "channels_last", "native")
+    assert "conv_kernels" not in default.extras and auto.extras["conv_kernels"] in ("onednn", "channels_last", "native")
     assert auto.history == pytest.approx(default.history, rel=1e-3)
     for choice in ("native", "channels_last"):
         other = attack(conv_kernels=choice).reconstruct(observation, labels)
-        assert other.conv_kernels == choice
+        assert other.extras["conv_kernels"] == choice
         # Different kernels or layout, the same arithmetic up to float rounding.
         torch.testing.assert_close(other.images, default.images, rtol=0, atol=1e-4)
         assert other.restart_distances == pytest.approx(default.restart_distances, rel=1e-3)
@@ -128,13 +128,13 @@ def test_batched_restarts_record_the_kernels_they_ran_on():
     attack = functools.partial(GradientMatching, Cosine(), functools.partial(torch.optim.Adam, lr=0.1),
                                iterations=3, restarts=2, signed=False, batched_restarts=True)
     default = attack().reconstruct(observation, labels)
-    assert default.conv_kernels is None
+    assert "conv_kernels" not in default.extras
     native = attack(conv_kernels="native").reconstruct(observation, labels)
-    assert native.conv_kernels == "native"
+    assert native.extras["conv_kernels"] == "native"
     torch.testing.assert_close(native.images, default.images, rtol=0, atol=1e-4)
     # vmap's batched convolutions run in NCHW: neither auto nor channels_last changes the layout.
     for choice in ("auto", "channels_last"):
-        assert attack(conv_kernels=choice).reconstruct(observation, labels).conv_kernels == "onednn"
+        assert attack(conv_kernels=choice).reconstruct(observation, labels).extras["conv_kernels"] == "onednn"
 
 
 def test_cli_records_the_choice_and_refuses_a_typo(deepleak, tmp_path):

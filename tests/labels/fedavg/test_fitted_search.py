@@ -9,8 +9,8 @@ from torch import nn
 from deepleak import metrics
 from deepleak.errors import DeepleakError
 from crafted import unrolled_classifier_residual
-from deepleak.labels import classifier_fit
-from deepleak.labels.classifier_fit import ClassifierUpdate
+from deepleak.labels.fedavg import classifier_fit
+from deepleak.labels.fedavg.classifier_fit import ClassifierUpdate
 from deepleak.labels.fedavg import Fitted, FittedSearch
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, FedSGD, PrivateBatch
@@ -24,7 +24,7 @@ def _linear_client(labels=TRUE_LABELS, epochs=3, lr=0.5):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
     batch = PrivateBatch(torch.rand(len(labels), 3, 4, 4), torch.tensor(labels))
-    return FedAvg(batch_size=len(labels), epochs=epochs, lr=lr, seed=0).observe(model, batch, 10), batch
+    return FedAvg(local_batch_size=len(labels), epochs=epochs, lr=lr, seed=0).observe(model, batch, 10), batch
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -114,7 +114,7 @@ def test_search_fixes_fitted_labels_on_the_default_lenet():
         rng = np.random.default_rng(seeds["batch"])
         images, labels = dataset.batch(Unique().sample(dataset.targets, 10, 8, rng))
         model = build_model(cfg, 10, (3, 32, 32), seeds["model"])
-        obs = FedAvg(batch_size=4, epochs=2, lr=0.01, seed=0).observe(model, PrivateBatch(images, labels), 10, trial=client)
+        obs = FedAvg(local_batch_size=4, epochs=2, lr=0.01, seed=0).observe(model, PrivateBatch(images, labels), 10, trial=client)
         fitted.append(metrics.label_accuracy(Fitted().restore(obs), labels, 10))
         searched.append(metrics.label_accuracy(FittedSearch().restore(obs), labels, 10))
     assert sum(fitted) / 3 <= 0.9, fitted

@@ -5,8 +5,8 @@ import torch
 
 from crafted import unrolled_classifier_residual
 from deepleak.errors import DeepleakError
-from deepleak.labels import classifier_fit
-from deepleak.labels.classifier_fit import ClassifierUpdate
+from deepleak.labels.fedavg import classifier_fit
+from deepleak.labels.fedavg.classifier_fit import ClassifierUpdate
 from deepleak.labels.fedavg import ImageSearch, local_search, with_weights
 from deepleak.models import build_model, features_and_logits
 from deepleak.scenarios import FedAvg, FedSGD, PrivateBatch
@@ -57,7 +57,7 @@ def _linear_client(labels=(1, 1, 4, 7)):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
     batch = PrivateBatch(torch.rand(len(labels), 3, 4, 4), torch.tensor(labels))
-    return FedAvg(batch_size=len(labels), epochs=3, lr=0.5, seed=0).observe(model, batch, 10)
+    return FedAvg(local_batch_size=len(labels), epochs=3, lr=0.5, seed=0).observe(model, batch, 10)
 
 
 def test_image_fit_of_the_true_set_beats_wrong_sets():
@@ -129,6 +129,6 @@ def test_image_search_fixes_a_search_label_after_many_local_steps():
     images, labels = dataset.batch(Random().sample(dataset.targets, 20, 16, np.random.default_rng(seeds["batch"])))
     model = build_model({"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5},
                         20, (3, 32, 32), seeds["model"])
-    obs = FedAvg(batch_size=4, epochs=10, lr=0.01, seed=0).observe(model, PrivateBatch(images, labels), 20, trial=18)
+    obs = FedAvg(local_batch_size=4, epochs=10, lr=0.01, seed=0).observe(model, PrivateBatch(images, labels), 20, trial=18)
     assert metrics.label_accuracy(Search().restore(obs), labels, 20) == 15 / 16
     assert metrics.label_accuracy(ImageSearch().restore(obs), labels, 20) == 1.0

@@ -1,0 +1,227 @@
+"""The optimisation loop every recipe shares: restarts, limits, interrupts, divergence.
+
+Per restart a recipe supplies its variables (the images first), an optimiser over them and
+``evaluate()``: one evaluation of its objective at the current variables, which leaves each
+variable's gradient in ``.grad`` and returns (objective, [distance of each member]).
+:func:`descend` steps the optimiser under :class:`Limits` (steps, a wall-clock deadline, an
+evaluation cap) and keeps the iterate sound: a step cut short by the deadline or the cap
+(inside an L-BFGS line search) is undone, a step that turns anything non-finite is undone and
+ends the descent, and Ctrl-C keeps the last complete iterate. :func:`run_restarts` runs the
+restarts and keeps the one with the smallest final distance.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from deepleak.errors import DeepleakError
+
+log = logging.getLogger(__name__)
+
+# () -> (objective (0-dim tensor), [distance of each member]); gradients left in each variable's .grad.
+Evaluate = Callable[[], tuple[torch.Tensor, list[float]]]
+
+
+def check_loop_settings(iterations: int, restarts: int, budget_s: float | None,
+                        max_evaluations: int | None = None, group_size: int | None = None) -> None:
+    """The optimisation-loop settings every attack shares, checked before any work.
+    ``group_size``: candidates per restart (group consistency), each evaluated every step."""
+    if iterations < 1:
+        raise DeepleakError(f"attack.iterations must be >= 1, got {iterations}")
+    if restarts < 1:
+        raise DeepleakError(f"attack.restarts must be >= 1, got {restarts}")
+    if budget_s is not None and budget_s <= 0:
+        raise DeepleakError(f"attack.budget_s must be > 0 seconds (or null), got {budget_s}")
+    least = restarts * (group_size or 1)
+    if max_evaluations is not None and max_evaluations < least:
+        what = "restarts" if group_size is None else "restarts x group size"
+        raise DeepleakError(f"attack.max_evaluations must be >= {what} ({least}), got {max_evaluations}")
+
+
+def deadline(budget_s: float | None, start: float) -> float:
+    """The time.perf_counter() at which ``budget_s`` seconds from ``start`` are spent (inf: none)."""
+    return start + budget_s if budget_s else math.inf
+
+
+def restart_cap(max_evaluations: int | None, restarts: int) -> int | None:
+    """Each restart's share of ``max_evaluations`` (split evenly; None: no cap)."""
+    return max_evaluations // restarts if max_evaluations is not None else None
+
+
+def planned_steps(iterations: int, cap: int | None, cost: int) -> int:
+    """The steps a restart plans (its schedule too): ``iterations``, or under ``cap`` at most
+    the steps it can pay for, each step costing at least ``cost`` evaluations."""
+    return iterations if cap is None else max(1, min(iterations, cap // cost))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one descent may spend: ``steps`` optimiser steps, until ``deadline``
+    (time.perf_counter() seconds), at most ``evaluations`` evaluations (None: no cap)."""
+
+    steps: int
+    deadline: float = math.inf
+    evaluations: int | None = None
+
+
+@dataclass
+class Descent:
+    """How one descent went: ``steps`` completed, ``evaluations`` spent (``cost`` each),
+    ``history`` the smallest member distance after each step, and why it ended early."""
+
+    steps: int = 0
+    evaluations: int = 0
+    history: list[float] = field(default_factory=list)
+    stopped_by_budget: bool = False
+    stopped_by_evaluations: bool = False
+    interrupted: bool = False
+    nonfinite: bool = False
+
+
+class _Stop(Exception):
+    """Raised inside the closure when the wall-clock budget or the evaluation cap is spent."""
+
+
+def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Sequence[torch.Tensor], limits: Limits,
+            *, cost: int = 1, signed: bool = False, box: bool = False, scheduler: Any = None,
+            before_step: Callable[[int], None] | None = None, what: str = "restart 0",
+            measure: str = "gradient distance", log_every: int = 0) -> Descent:
+    """Step ``optimizer`` over ``variables`` (the images first) with ``evaluate`` as its closure.
+
+    - ``cost``: evaluations one call of ``evaluate`` counts (G with group consistency).
+    - ``signed``: replace every gradient by its sign (Inverting Gradients).
+    - ``box``: clamp the images (``variables[0]``) to [0, 1] after every step.
+    - ``scheduler``: stepped after every step; ``before_step(step)`` runs before each.
+    - ``what`` names the descent in the progress bar and the log, ``measure`` its distance.
+
+    The variables end at the last complete, finite iterate (changed in place)."""
+    descent = Descent()
+    state: dict[str, Any] = {"distances": [math.inf], "cause": None}
+
+    def closure() -> torch.Tensor:
+        if time.perf_counter() >= limits.deadline:
+            state["cause"] = "budget"
+            raise _Stop
+        if limits.evaluations is not None and descent.evaluations + cost > limits.evaluations:
+            state["cause"] = "evaluations"
+            raise _Stop
+        total, distances = evaluate()
+        if signed:
+            for variable in variables:
+                variable.grad = variable.grad.sign()
+        descent.evaluations += cost
+        state["distances"] = distances
+        return total
+
+    progress = tqdm(range(limits.steps), desc=what, leave=False, disable=None)
+    last_finite = [v.detach().clone() for v in variables]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for variable, saved in zip(variables, last_finite):
+                variable.copy_(saved)
+
+    for step in progress:
+        if before_step is not None:
+            before_step(step)
+        try:
+            loss = optimizer.step(closure)
+        except _Stop:
+            # Undo a step cut short (an L-BFGS line search may have moved the variables).
+            restore()
+            descent.stopped_by_budget = state["cause"] == "budget"
+            descent.stopped_by_evaluations = state["cause"] == "evaluations"
+            break
+        except KeyboardInterrupt:
+            # Keep the last complete iterate; the task records it and then stops.
+            descent.interrupted = True
+            restore()
+            log.warning("interrupted at step %d of %s; keeping the best result so far", step, what)
+            break
+        finite = math.isfinite(float(loss)) and all(math.isfinite(d) for d in state["distances"])
+        # A sum is non-finite when any entry is (one reduction instead of a mask per step).
+        if not (finite and all(math.isfinite(float(v.detach().sum())) for v in variables)):
+            # Diverged: fall back to the last finite iterate and stop this descent.
+            descent.nonfinite = True
+            log.warning("%s diverged at step %d; keeping its last finite iterate", what, step)
+            restore()
+            break
+        if box:
+            with torch.no_grad():
+                variables[0].clamp_(0, 1)
+        if scheduler is not None:
+            scheduler.step()
+        last_finite = [v.detach().clone() for v in variables]
+        descent.steps = step + 1
+        distance = min(state["distances"])
+        descent.history.append(distance)
+        progress.set_postfix(distance=f"{distance:.3g}")
+        if log_every and descent.steps % log_every == 0:
+            log.info("%s step %d: %s %.4g", what, descent.steps, measure, distance)
+    progress.close()
+    return descent
+
+
+@dataclass
+class Restart:
+    """One restart's outcome: its final ``distance`` (inf when it diverged), its ``descent``,
+    the evaluations spent scoring its answer, and the ``answer`` itself (the recipe's)."""
+
+    distance: float
+    descent: Descent
+    answer: Any
+    scoring_evaluations: int = 0
+
+
+@dataclass
+class Restarts:
+    """The restarts together: the ``best`` (first of the smallest distance) and totals."""
+
+    best: Restart
+    best_index: int
+    distances: list[float]
+    iterations: int
+    evaluations: int
+    nonfinite: int
+    stopped_by_budget: bool
+    stopped_by_evaluations: bool
+    interrupted: bool
+
+
+def run_restarts(count: int, run: Callable[[int], Restart], deadline: float) -> Restarts:
+    """``run(restart)`` for restart 0 .. ``count - 1`` until the deadline or an interrupt;
+    the first restart always runs (a deadline already passed stops it at its first evaluation)."""
+    best: Restart | None = None
+    best_index = 0
+    distances: list[float] = []
+    iterations = evaluations = nonfinite = 0
+    stopped = capped = interrupted = False
+    for restart in range(count):
+        if interrupted:
+            break
+        if restart and time.perf_counter() >= deadline:
+            stopped = True
+            break
+        result = run(restart)
+        descent = result.descent
+        interrupted = descent.interrupted
+        evaluations += descent.evaluations + result.scoring_evaluations
+        iterations += descent.steps
+        stopped = stopped or descent.stopped_by_budget
+        capped = capped or descent.stopped_by_evaluations
+        nonfinite += int(descent.nonfinite)
+        distances.append(result.distance)
+        if best is None or result.distance < best.distance:
+            best, best_index = result, restart
+    assert best is not None
+    if not math.isfinite(best.distance):
+        log.warning("every restart diverged; the reconstruction is the last finite iterate")
+    return Restarts(best, best_index, distances, iterations, evaluations, nonfinite, stopped, capped, interrupted)

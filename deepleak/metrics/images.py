@@ -1,0 +1,167 @@
+"""Image quality of a reconstruction against the private batch: MSE, PSNR, SSIM, the pairing
+of reconstructions with originals, and all of them (with LPIPS) per paired image.
+
+Images are ``(K, C, H, W)`` tensors (or arrays) with values in ``[0, 1]`` (data range 1),
+C = 3 (RGB) or 1 (grey). Per-image metrics come back as float64 numpy arrays of shape (K,).
+PSNR is capped at :data:`PSNR_CAP_DB` (100 dB) so identical images give a finite number.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from skimage.metrics import structural_similarity
+
+from deepleak.metrics.arrays import _as_array, _as_labels, _check_pair
+from deepleak.metrics.lpips import LPIPSMetric
+
+log = logging.getLogger(__name__)
+
+PSNR_CAP_DB = 100.0
+"""PSNR reported for (near-)identical images, in dB; every PSNR is min(true value, cap)."""
+
+_NONFINITE_PSNR = -1.0e6  # assignment cost stand-in for a NaN/inf reconstruction: always paired last
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def mse(x: Any, y: Any) -> np.ndarray:
+    """Per-image mean squared error.
+
+    x, y: (K, C, H, W), same shape. Returns (K,) float64, mean over C*H*W of (x - y)^2.
+    """
+    x, y = _as_array(x), _as_array(y)
+    _check_pair(x, y)
+    return ((x - y) ** 2).reshape(len(x), -1).mean(axis=1)
+
+
+def psnr(x: Any, y: Any) -> np.ndarray:
+    """Per-image PSNR in dB for data range 1: 10*log10(1 / mse), capped at PSNR_CAP_DB.
+
+    x, y: (K, C, H, W) in [0, 1]. Returns (K,) float64. Identical images (mse 0) give
+    PSNR_CAP_DB = 100 dB instead of inf so results stay valid JSON; the cap applies to all
+    values so the metric stays monotone. NaN inputs give NaN (callers flag those).
+    """
+    err = mse(x, y)
+    with np.errstate(divide="ignore"):
+        val = 10.0 * np.log10(1.0 / err)
+    return np.where(np.isnan(val), np.nan, np.minimum(val, PSNR_CAP_DB))
+
+
+def ssim_win_size(height: int, width: int, default: int = 7) -> int:
+    """SSIM window: the default 7, shrunk to the largest odd size <= min(H, W) (>= 3)."""
+    side = min(default, height, width)
+    side -= 1 - side % 2  # round down to odd
+    if side < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 px, got {height}x{width}")
+    return side
+
+
+def ssim(x: Any, y: Any) -> np.ndarray:
+    """Per-image SSIM (skimage, uniform window, data_range=1, channels averaged).
+
+    x, y: (K, C, H, W) in [0, 1]. Returns (K,) float64 in [-1, 1]. The window is
+    :func:`ssim_win_size` so 8 px and 16 px images work (7 px window for >= 7 px sides).
+    """
+    x, y = _as_array(x), _as_array(y)
+    _check_pair(x, y)
+    win = ssim_win_size(x.shape[2], x.shape[3])
+    # skimage wants channel-last (H, W, C).
+    return np.array([
+        structural_similarity(a.transpose(1, 2, 0), b.transpose(1, 2, 0),
+                              data_range=1.0, channel_axis=-1, win_size=win)
+        for a, b in zip(x, y)
+    ], dtype=np.float64)
+
+
+def pair(reconstructions: Any, originals: Any, rec_labels: Any = None,
+         true_labels: Any = None) -> tuple[list[int], str]:
+    """Match each original image with one reconstruction.
+
+    reconstructions, originals: (K, C, H, W). rec_labels, true_labels: length-K ints or None.
+    Returns ``(perm, rule)`` with ``reconstructions[perm[i]]`` paired to ``originals[i]``.
+
+    rule "label": used when the true labels are all distinct and the restored labels equal
+    them as a multiset; each original takes the reconstruction carrying its label (the attack
+    itself decided which image is which class).
+    rule "hungarian_psnr": otherwise, the one-to-one assignment maximising the summed PSNR
+    (scipy linear_sum_assignment). NaN/inf reconstructions get a very low PSNR so they are
+    assigned last.
+    """
+    rec, orig = _as_array(reconstructions), _as_array(originals)
+    _check_pair(rec, orig)
+    if rec_labels is not None and true_labels is not None:
+        rl, tl = _as_labels(rec_labels), _as_labels(true_labels)
+        if len(np.unique(tl)) == len(tl) == len(rl) and np.array_equal(np.sort(rl), np.sort(tl)):
+            where = {int(label): j for j, label in enumerate(rl)}
+            return [where[int(label)] for label in tl], "label"
+    # Row per original; a loop keeps memory at one (K, C, H, W) batch instead of K of them.
+    score = np.stack([psnr(rec, np.broadcast_to(o, rec.shape)) for o in orig])
+    score = np.nan_to_num(score, nan=_NONFINITE_PSNR, posinf=PSNR_CAP_DB, neginf=_NONFINITE_PSNR)
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    perm = np.empty(len(orig), dtype=np.int64)
+    perm[rows] = cols
+    return [int(j) for j in perm], "hungarian_psnr"
+
+
+def image_metrics(reconstructions: Any, originals: Any, rec_labels: Any = None, true_labels: Any = None,
+                  lpips_metric: LPIPSMetric | None = None) -> dict[str, Any]:
+    """Pair reconstructions with originals, then score each pair.
+
+    reconstructions, originals: (K, C, H, W) in [0, 1]. Reconstructions are clamped to [0, 1]
+    first (metrics assume data range 1 and displayable images). Labels as in :func:`pair`.
+
+    A reconstruction containing NaN/inf counts as failed: ``nonfinite_per_image`` is True for it,
+    its per-image psnr/ssim/mse/lpips entries are None, and the *_mean values average the finite
+    images only (None if there are none). ``nonfinite`` is True if any image failed, so a mean
+    over fewer images is never silent; ``num_nonfinite`` counts them.
+
+    Returns a JSON-serialisable dict; per-image lists are in the originals' order:
+      pairing: "label" | "hungarian_psnr";  permutation: list[int] (see :func:`pair`)
+      psnr, ssim, mse: list[float | None];  psnr_mean, ssim_mean, mse_mean: float | None
+      psnr_cap_db: float (PSNR_CAP_DB)
+      lpips: list[float | None] | None;  lpips_mean: float | None
+      lpips_absent_reason: str | None (set whenever lpips is None)
+      nonfinite: bool;  nonfinite_per_image: list[bool];  num_nonfinite: int
+    """
+    rec, orig = _as_array(reconstructions), _as_array(originals)
+    _check_pair(rec, orig)
+    perm, rule = pair(rec, orig, rec_labels, true_labels)
+    rec = rec[perm]
+    bad = ~np.isfinite(rec).reshape(len(rec), -1).all(axis=1)
+    if bad.any():
+        log.warning("%d of %d reconstructions contain NaN/inf; they are flagged and left out of the means",
+                    int(bad.sum()), len(rec))
+    rec = np.clip(rec, 0.0, 1.0)
+    ok = ~bad
+
+    def per_image(values: np.ndarray | None) -> list[float | None]:
+        out: list[float | None] = [None] * len(rec)
+        if values is not None:
+            for i, v in zip(np.flatnonzero(ok), values):
+                out[i] = float(v)
+        return out
+
+    any_ok = bool(ok.any())
+    result: dict[str, Any] = {"pairing": rule, "permutation": perm, "psnr_cap_db": PSNR_CAP_DB}
+    for name, fn in (("psnr", psnr), ("ssim", ssim), ("mse", mse)):
+        vals = per_image(fn(rec[ok], orig[ok]) if any_ok else None)
+        result[name], result[f"{name}_mean"] = vals, _mean_or_none(vals)
+
+    if lpips_metric is None:
+        result.update(lpips=None, lpips_mean=None, lpips_absent_reason="LPIPS not computed: no lpips_metric given")
+    elif not lpips_metric.available:
+        result.update(lpips=None, lpips_mean=None, lpips_absent_reason=lpips_metric.absent_reason)
+    else:
+        vals = per_image(lpips_metric(rec[ok], orig[ok]) if any_ok else None)
+        result.update(lpips=vals, lpips_mean=_mean_or_none(vals), lpips_absent_reason=None)
+
+    result.update(nonfinite=bool(bad.any()), nonfinite_per_image=[bool(b) for b in bad],
+                  num_nonfinite=int(bad.sum()))
+    return result

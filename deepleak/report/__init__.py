@@ -1,0 +1,44 @@
+"""``deepleak report DIR [DIR ...]``: tables and figures over the jobs of sweeps and runs.
+
+Modules: :mod:`~deepleak.report.jobs` (reading job dirs), :mod:`~deepleak.report.groups`
+(settings and their statistics), :mod:`~deepleak.report.tables`, :mod:`~deepleak.report.figures`,
+:mod:`~deepleak.report.build` (the report directory and the command), and
+:mod:`~deepleak.report.constants`.
+
+A *job* is any directory under the given paths that holds ``metrics.json`` or a ``status``
+marker (a job that failed before its first trial has no metrics, and is still reported);
+the ``previous-N/`` attempts that ``resume=true`` moved aside are not jobs.
+Jobs are grouped by their Hydra overrides (``.hydra/overrides.yaml``), leaving out
+``hydra.*``, ``resume``, ``threads``, ``seed`` and ``first_trial``: jobs that differ only in
+the seed are repeats, jobs that differ only in ``first_trial`` are parts of one setting's
+trials, and in both cases their per-trial records are pooled. Where one job sets a key that another
+leaves at its default, the other's value is read from its composed config (the group
+choice in ``.hydra/hydra.yaml`` for a config group, ``.hydra/config.yaml`` for a value),
+so sweeps with different override lists can be reported together.
+
+Every metric is the mean and the population standard deviation (``ddof=0``, as in
+``metrics.json``'s summary) of the per-trial values of all jobs in a group. The report is
+written into a new directory, ``OUT/report/`` (``report-1/``, ``report-2/``, ... when that
+exists), so nothing already written is overwritten:
+
+    report.md   a GitHub table (mean ± std), the jobs that did not finish, figures
+    report.csv  one row per group: swept values, n, job counts, <metric>_mean, <metric>_std
+    report.tex  a booktabs tabular
+    fig_<metric>.png   the metric against batch size (or the first numeric swept key), one
+                       line per value of the other swept keys, error bars = std
+    montage.png        the ``grid.png`` of trial 0 (originals above reconstructions) of
+                       each group, titled with its setting (montage-2.png ... past 12 rows)
+"""
+
+from deepleak.report.build import main, new_report_dir, report
+from deepleak.report.constants import ABSENT, IGNORED_KEYS, METRICS, NOT_APPLICABLE, REPORT_NAME
+from deepleak.report.figures import metric_figure, montage, x_key
+from deepleak.report.groups import Group, group_jobs
+from deepleak.report.jobs import Job, find_jobs, read_job
+from deepleak.report.tables import csv_text, markdown_table, reported_metrics, tex_table
+
+__all__ = [
+    "ABSENT", "IGNORED_KEYS", "METRICS", "NOT_APPLICABLE", "REPORT_NAME", "Group", "Job", "csv_text", "find_jobs",
+    "group_jobs", "main", "markdown_table", "metric_figure", "montage", "new_report_dir", "read_job", "report",
+    "reported_metrics", "tex_table", "x_key",
+]

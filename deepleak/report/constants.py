@@ -1,0 +1,21 @@
+"""What the report shows and how: the metrics with their headers, the keys that never
+separate settings, and the marks for a metric that was not computed or does not apply."""
+
+from __future__ import annotations
+
+#: The metrics reported, with the header and the number of decimals used in md and tex.
+METRICS: dict[str, tuple[str, int]] = {
+    "label_accuracy": ("label acc.", 3),
+    "count_accuracy": ("count acc.", 3),
+    "psnr_mean": ("PSNR (dB)", 2),
+    "ssim_mean": ("SSIM", 3),
+    "lpips_mean": ("LPIPS", 3),
+}
+#: Override keys that never separate groups (seed: a repeat; first_trial: a part of the same
+#: trials; the others change no result).
+IGNORED_KEYS = ("seed", "first_trial", "resume", "threads")
+REPORT_NAME = "report"
+MARKERS = "osD^vP*X"  # lines that coincide stay visible
+MONTAGE_ROWS = 12  # grids per montage page
+ABSENT = "absent"  # LPIPS not computed (no AlexNet weights): said, never shown as a number
+NOT_APPLICABLE = "-"  # the metric does not exist for this group (e.g. PSNR with attack=none)
