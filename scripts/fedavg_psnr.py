@@ -2,12 +2,12 @@
 
     OMP_NUM_THREADS=1 python scripts/fedavg_psnr.py [--trials 20] [--iterations 100] [extra overrides]
 
-Default setting (issue 4, the README's FedAvg table): LeNet (default width 32), sample set,
+Default setting (docs/fedavg.md, Replay against the pseudo-gradient route): LeNet (default width 32), sample set,
 N = 8, B = 4, E = 2, eta = 0.01, labels restored by fedavg_fitted, 100 L-BFGS steps; about
 2 h on one core for 20 trials (the replay learns the batch order first). Both routes see the
 same trials (same seeds). Prints label accuracy and mean PSNR per route and the per-trial
 PSNR difference; ``labels=oracle`` as an extra override isolates the routes from the labels,
-``labels=fedavg_fitted_search`` gives the README's second table (0.9625 of the labels right).
+``labels=fedavg_fitted_search`` gives the second table of docs/fedavg.md (0.9625 of the labels right).
 """
 
 from __future__ import annotations

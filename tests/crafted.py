@@ -10,7 +10,7 @@ from deepleak.attacks import GradientMatching
 from deepleak.attacks.parts.distance import L2
 from deepleak.data import SampleDataset
 from deepleak.models import LeNet, build_model
-from deepleak.scenarios import FedSGD, PrivateBatch
+from deepleak.scenarios import FedAvg, FedSGD, PrivateBatch
 from deepleak.scenarios.base import Observation, Recipe
 
 LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}
@@ -94,3 +94,15 @@ def observe(k: int, width: int = 12, seed: int = 0, classes: int = 10):
 def lbfgs(iterations: int, **kw) -> GradientMatching:
     optimizer = functools.partial(torch.optim.LBFGS, lr=1.0, max_iter=20, history_size=100, line_search_fn="strong_wolfe")
     return GradientMatching(L2(), optimizer, iterations=iterations, box=False, **kw)
+
+
+# --- a tiny FedAvg client: random 12 px images, LeNet width 6 ------------------------------
+TINY_LENET = {"_target_": "deepleak.models.LeNet", "width": 6, "activation_fn": "sigmoid", "init_scale": 0.5}
+
+
+def tiny_fedavg(n=4, b=2, epochs=2, lr=0.05, seed=0):
+    """(private batch, FedAvg observation): N = ``n`` random 12 px images of classes 0..n-1."""
+    model = build_model(TINY_LENET, 10, (3, 12, 12), seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    batch = PrivateBatch(torch.rand(n, 3, 12, 12, generator=generator), torch.arange(n) % 10)
+    return batch, FedAvg(local_batch_size=b, epochs=epochs, lr=lr, seed=seed).observe(model, batch, 10)

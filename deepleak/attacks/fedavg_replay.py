@@ -505,20 +505,8 @@ class FedAvgReplay:
             replay_schedule=best.answer["schedule"],
             relaxed_distance=best.answer["relaxed"],
         )
-        return Reconstruction(
-            images=best.answer["images"].clamp(0, 1).cpu(),
-            labels=labels.cpu(),
-            gradient_distance=best.distance,
-            restart_distances=restarts.distances,
-            best_restart=restarts.best_index,
-            iterations=restarts.iterations,
-            evaluations=restarts.evaluations,
-            seconds=time.perf_counter() - begin,
-            nonfinite_restarts=restarts.nonfinite,
-            stopped_by_budget=restarts.stopped_by_budget,
-            interrupted=restarts.interrupted,
-            history=best.descent.history,
-            stopped_by_evaluations=restarts.stopped_by_evaluations,
+        return restarts.reconstruction(
+            best.answer["images"], labels, begin,
             extras=extras,
             scorers=[functools.partial(epoch_psnr, best.answer["epoch_images"].clamp(0, 1).cpu())],
         )

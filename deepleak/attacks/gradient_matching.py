@@ -223,20 +223,8 @@ class GradientMatching:
             extras["conv_kernels"] = kernels  # the CPU kernels the restarts ran on
         if self.group is not None:
             extras["member_distances"] = best["member_distances"]  # the chosen restart's members' final distances
-        return Reconstruction(
-            images=best["images"].clamp(0, 1).cpu(),
-            labels=best["labels"].cpu(),
-            gradient_distance=restarts.best.distance,
-            restart_distances=restarts.distances,
-            best_restart=restarts.best_index,
-            iterations=restarts.iterations,
-            evaluations=restarts.evaluations,
-            seconds=time.perf_counter() - start,
-            nonfinite_restarts=restarts.nonfinite,
-            stopped_by_budget=restarts.stopped_by_budget,
-            interrupted=restarts.interrupted,
-            history=restarts.best.descent.history,
-            stopped_by_evaluations=restarts.stopped_by_evaluations,
+        return restarts.reconstruction(
+            best["images"], best["labels"], start,
             inactive_priors=inactive,
             prior_values=best["prior_values"],
             labels_from_attack=self.optimises_labels,

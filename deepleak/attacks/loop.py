@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from deepleak.attacks.result import Reconstruction
 from deepleak.errors import DeepleakError
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,27 @@ class Restarts:
     stopped_by_budget: bool
     stopped_by_evaluations: bool
     interrupted: bool
+
+    def reconstruction(self, images: torch.Tensor, labels: torch.Tensor, started: float, **fields: Any) -> Reconstruction:
+        """The recipe's answer: ``images`` (K, C, H, W, clamped to [0, 1] here) and ``labels``
+        of the best restart, the loop's own fields filled in from these restarts (seconds since
+        ``started``, a time.perf_counter()), and the recipe's ``fields`` (extras, priors, ...)."""
+        return Reconstruction(
+            images=images.clamp(0, 1).cpu(),
+            labels=labels.cpu(),
+            gradient_distance=self.best.distance,
+            restart_distances=self.distances,
+            best_restart=self.best_index,
+            iterations=self.iterations,
+            evaluations=self.evaluations,
+            seconds=time.perf_counter() - started,
+            nonfinite_restarts=self.nonfinite,
+            stopped_by_budget=self.stopped_by_budget,
+            interrupted=self.interrupted,
+            history=self.best.descent.history,
+            stopped_by_evaluations=self.stopped_by_evaluations,
+            **fields,
+        )
 
 
 def run_restarts(count: int, run: Callable[[int], Restart], deadline: float) -> Restarts:

@@ -12,10 +12,12 @@ from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
 from deepleak.attacks.assignment import batch_sizes, relaxed_assignment, round_assignment
 from deepleak.attacks.loop import Descent
 from deepleak.errors import DeepleakError
+
+from crafted import TINY_LENET, tiny_fedavg
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 
-LENET = {"_target_": "deepleak.models.LeNet", "width": 6, "activation_fn": "sigmoid", "init_scale": 0.5}
+LENET = TINY_LENET
 
 
 @pytest.mark.parametrize("n, b", [(8, 4), (5, 2), (6, 6)])
@@ -42,15 +44,8 @@ def test_rounding_recovers_a_hard_assignment_and_respects_batch_sizes():
     assert [len(b) for b in uniform] == sizes and sorted(torch.cat(uniform).tolist()) == list(range(5))
 
 
-def _client(n=5, b=2, epochs=2, lr=0.2, seed=0):
-    model = build_model(LENET, 10, (3, 12, 12), seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    batch = PrivateBatch(torch.rand(n, 3, 12, 12, generator=generator), torch.arange(n) % 10)
-    return batch, FedAvg(local_batch_size=b, epochs=epochs, lr=lr, seed=seed).observe(model, batch, 10)
-
-
 def test_one_hot_sample_weights_are_the_hard_client_and_their_gradient_is_exact():
-    batch, obs = _client()
+    batch, obs = tiny_fedavg(n=5, b=2, epochs=2, lr=0.2)
     schedule = make_schedule(batch.labels, 2, 2, torch.Generator().manual_seed(1), copies=False)
     everyone = torch.arange(5)
     weights = torch.zeros(len(schedule), 5)
@@ -115,7 +110,7 @@ def test_learned_order_finds_the_clients_order_from_the_true_images():
 
 
 def test_learned_order_is_recorded_and_checked():
-    batch, obs = _client(n=4, b=2, epochs=2, lr=0.05)
+    batch, obs = tiny_fedavg(n=4, b=2, epochs=2, lr=0.05)
     result = FedAvgReplay(L2(), torch.optim.Adam, {"tv": TotalVariation(1e-6)}, iterations=2, assignment="learned",
                     assignment_iterations=2).reconstruct(obs, batch.labels)
     assert result.extras["replay_assignment"] == "learned" and result.extras["relaxed_distance"] is not None
@@ -136,7 +131,7 @@ def test_learned_order_is_recorded_and_checked():
 def test_the_lowest_relaxed_start_is_kept(monkeypatch):
     """With several relaxed starts, the schedule and the images of the start with the lowest
     relaxed distance go on to the exact replay."""
-    batch, obs = _client(n=4, b=2, epochs=1, lr=0.05)
+    batch, obs = tiny_fedavg(n=4, b=2, epochs=1, lr=0.05)
     found = iter([([0, 1], 0.5), ([0, 2], 0.1), ([0, 3], 0.3)])
     seen = []
 
@@ -163,7 +158,7 @@ def test_the_lowest_relaxed_start_is_kept(monkeypatch):
     with pytest.raises(DeepleakError, match="assignment_starts must be >= 1"):
         FedAvgReplay(L2(), torch.optim.Adam, assignment_starts=0)
     # One step per epoch: no order to learn.
-    _, whole = _client(n=4, b=4, epochs=2, lr=0.05)
+    _, whole = tiny_fedavg(n=4, b=4, epochs=2, lr=0.05)
     assert FedAvgReplay(L2(), torch.optim.Adam, iterations=1, assignment="learned").reconstruct(
         whole, batch.labels).extras["replay_assignment"] == "random"
 

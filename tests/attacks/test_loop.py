@@ -7,17 +7,14 @@ import time
 
 import pytest
 import torch
-from crafted import observe
+from crafted import observe, tiny_fedavg
 
 from deepleak.attacks import GradientMatching
 from deepleak.attacks.fedavg_replay import FedAvgReplay
 from deepleak.attacks.loop import Descent, Limits, Restart, check_loop_settings, descend, run_restarts
 from deepleak.attacks.parts.distance import L2
 from deepleak.errors import DeepleakError
-from deepleak.models import build_model
-from deepleak.scenarios import FedAvg, PrivateBatch
 
-LENET = {"_target_": "deepleak.models.LeNet", "width": 6, "activation_fn": "sigmoid", "init_scale": 0.5}
 ADAM = functools.partial(torch.optim.Adam, lr=0.05)
 LBFGS = functools.partial(torch.optim.LBFGS, lr=1.0, max_iter=20, line_search_fn="strong_wolfe")
 
@@ -99,15 +96,8 @@ def test_loop_settings_are_checked():
 
 # --------------------------------------------------------------------------- through the recipes
 
-def fedavg(n=4, b=2, epochs=2, lr=0.05, seed=0):
-    model = build_model(LENET, 10, (3, 12, 12), seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    batch = PrivateBatch(torch.rand(n, 3, 12, 12, generator=generator), torch.arange(n) % 10)
-    return batch, FedAvg(local_batch_size=b, epochs=epochs, lr=lr, seed=seed).observe(model, batch, 10)
-
-
 def test_replay_stops_at_max_evaluations():
-    batch, observation = fedavg()
+    batch, observation = tiny_fedavg()
     lbfgs = FedAvgReplay(L2(), LBFGS, iterations=100, max_evaluations=7).reconstruct(observation, batch.labels)
     assert lbfgs.stopped_by_evaluations and not lbfgs.stopped_by_budget
     assert lbfgs.evaluations - 1 <= 7  # + scoring the kept iterate, not counted against the cap
@@ -135,7 +125,7 @@ def interrupt_at(monkeypatch, cls, call):
 
 
 def test_replay_interrupted_inside_an_evaluation_keeps_the_best_so_far(monkeypatch):
-    batch, observation = fedavg()
+    batch, observation = tiny_fedavg()
     two_steps = FedAvgReplay(L2(), ADAM, iterations=2).reconstruct(observation, batch.labels, seed=1)
     calls = interrupt_at(monkeypatch, FedAvgReplay, 3)
     result = FedAvgReplay(L2(), ADAM, iterations=5, restarts=2).reconstruct(observation, batch.labels, seed=1)
@@ -148,7 +138,7 @@ def test_replay_interrupted_inside_an_evaluation_keeps_the_best_so_far(monkeypat
 
 
 def test_replay_interrupted_while_learning_the_order_skips_the_exact_replay(monkeypatch):
-    batch, observation = fedavg()
+    batch, observation = tiny_fedavg()
     calls = interrupt_at(monkeypatch, FedAvgReplay, 2)
     result = FedAvgReplay(L2(), ADAM, iterations=5, assignment="learned", assignment_iterations=4,
                           assignment_starts=3).reconstruct(observation, batch.labels)

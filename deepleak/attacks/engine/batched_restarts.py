@@ -265,7 +265,7 @@ def reconstruct_batched(attack: BatchableAttack, observation: Observation, label
     model, target, device = attack.prepare(observation)
     drop_train_bn_statistics(model)
     if device.type == "cpu" and torch.get_num_threads() == 1:
-        # Measured on LeNet batch 8, 16 restarts (README, Throughput): 0.87-1.06x per step.
+        # Measured on LeNet batch 8, 16 restarts (docs/performance.md, Throughput): 0.87-1.06x per step.
         log.info("batched restarts on one CPU thread: expect about the speed of running them one after another; "
                  "they pay with more threads (threads=N) or on a GPU")
     labels = labels.to(device)
