@@ -396,7 +396,8 @@ def replay_setup(model_key: str, epochs: int, n: int, b: int, device: torch.devi
     """(evaluate(), simulated steps T) of one FedAvg replay evaluation; ``finite_difference``:
     reverse steps by first-order differences (a fixed step: the cost does not depend on it)."""
     from deepleak.attacks.parts.distance import L2
-    from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
+    from deepleak.attacks.engine.replay_client import Client
+    from deepleak.attacks.fedavg_replay import FedAvgReplay, make_schedule
     from deepleak.attacks.engine.image_gradient import FiniteDifference
     from deepleak.models import build_model
     from deepleak.scenarios import FedAvg, PrivateBatch

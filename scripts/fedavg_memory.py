@@ -27,7 +27,8 @@ def one(model_name: str, epochs: int, per_epoch: int, how: str) -> None:
     import torch
 
     from deepleak.attacks.parts.distance import L2
-    from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
+    from deepleak.attacks.engine.replay_client import Client
+    from deepleak.attacks.fedavg_replay import FedAvgReplay, make_schedule
     from deepleak.models import build_model
     from deepleak.scenarios import FedAvg, PrivateBatch
 

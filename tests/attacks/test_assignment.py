@@ -8,7 +8,8 @@ import torch
 
 from deepleak.attacks.parts.distance import L2
 from deepleak.attacks.parts.prior import TotalVariation
-from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
+from deepleak.attacks.engine.replay_client import Client
+from deepleak.attacks.fedavg_replay import FedAvgReplay, make_schedule
 from deepleak.attacks.assignment import batch_sizes, relaxed_assignment, round_assignment
 from deepleak.attacks.loop import Descent
 from deepleak.errors import DeepleakError

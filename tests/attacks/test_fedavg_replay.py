@@ -4,9 +4,10 @@ image gradient of the fully unrolled graph, whatever the split."""
 import pytest
 import torch
 
-from deepleak.attacks import fedavg_replay as replay_module
+from deepleak.attacks.engine import replay_client as replay_module
 from deepleak.attacks.parts.distance import L2
-from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
+from deepleak.attacks.engine.replay_client import Client
+from deepleak.attacks.fedavg_replay import FedAvgReplay, make_schedule
 from deepleak.models import build_model
 from deepleak.scenarios import FedAvg, PrivateBatch
 

@@ -8,7 +8,8 @@ from torch import nn
 
 from deepleak import metrics
 from deepleak.attacks.parts.distance import L2
-from deepleak.attacks.fedavg_replay import Client, FedAvgReplay, make_schedule
+from deepleak.attacks.engine.replay_client import Client
+from deepleak.attacks.fedavg_replay import FedAvgReplay, make_schedule
 from deepleak.errors import DeepleakError
 from deepleak.labels import ZeroShot
 from deepleak.labels.fedavg import Interpolated, Simulated
