@@ -64,14 +64,16 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-def save_images(folder: Path, originals: torch.Tensor, reconstructions: torch.Tensor) -> list[str]:
-    """Write ``grid.png`` (originals above reconstructions, paired column by column) and one
+def save_images(folder: Path, originals: torch.Tensor | None, reconstructions: torch.Tensor) -> list[str]:
+    """Write ``grid.png`` (originals above reconstructions, paired column by column; the
+    reconstructions alone when ``originals`` is None, an unscored imported update) and one
     PNG per reconstruction (``rec_00.png`` ...) at native resolution. Pixels in [0, 1]."""
     folder.mkdir(parents=True, exist_ok=True)
-    k = originals.shape[0]
-    side = originals.shape[-1]
+    k = reconstructions.shape[0]
+    side = reconstructions.shape[-1]
     scale = max(1, 128 // side)  # 32 px images are hard to see; enlarge the grid only
-    both = torch.cat([originals, reconstructions.nan_to_num(0.0).clamp(0, 1)]).cpu()
+    shown = reconstructions.nan_to_num(0.0).clamp(0, 1).cpu()
+    both = shown if originals is None else torch.cat([originals.cpu(), shown])
     if scale > 1:
         both = torch.nn.functional.interpolate(both, scale_factor=scale, mode="nearest")
     save_png(image_grid(both, columns=k), folder / "grid.png")

@@ -40,6 +40,8 @@ def segments(observation: Observation) -> list[tuple[tuple[torch.Tensor, ...], l
 class FedAvgSnapshots(GradientMatching):
     """GradientMatching over every snapshot segment jointly (same settings)."""
 
+    requires = ("weights", "snapshots")  # what it needs beyond a gradient (checked for an imported update)
+
     def matching_distance(self, model, images, labels, target):
         """Summed gradient distance; ``model`` and ``target`` are per-segment lists."""
         distance = images.new_zeros(())

@@ -32,6 +32,7 @@ class DeepleakConfig:
     first_trial: int = 0
     device: str = "auto"
     save_images: bool = True
+    export_update: bool = False
     resume: bool = False
     threads: int = 0
     scale: str = "cpu"

@@ -16,6 +16,7 @@ from deepleak.scenarios.base import Observation
 class Oracle:
     name = "oracle"
     uses_truth = True
+    requires = ("truth",)  # an imported update: the manifest's truth (checked before any work)
 
     def __init__(self) -> None:
         self._truth: torch.Tensor | None = None

@@ -3,5 +3,6 @@
 from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
 from deepleak.scenarios.fedavg import FedAvg
 from deepleak.scenarios.fedsgd import FedSGD
+from deepleak.scenarios.imported import Imported
 
-__all__ = ["FedAvg", "FedSGD", "Observation", "PrivateBatch", "Recipe"]
+__all__ = ["FedAvg", "FedSGD", "Imported", "Observation", "PrivateBatch", "Recipe"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -110,3 +111,42 @@ class Scenario(Protocol):
 
     def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None) -> Observation:
         """Play the client on ``batch`` at the global ``model`` (trial: seeds its randomness)."""
+
+
+class ImportedClient(NamedTuple):
+    """A real client's update read from files (:class:`ProvidesClient`): what the server
+    received (``observation``), the auditor's copy of the client's data to score the attack
+    (``truth``; None: unscored), the task's shape (``num_classes``, ``image_shape``),
+    ``source`` (where it came from, for metrics.json's ``dataset``) and ``regeneration``
+    (with truth: how well replaying the client's recipe on it reproduces the update,
+    ``{cosine, relative_error, order}``; None without truth)."""
+
+    observation: Observation
+    truth: PrivateBatch | None
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    source: str
+    regeneration: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class ProvidesClient(Protocol):
+    """A scenario that brings its own client instead of simulating one: the model, the update
+    and (optionally) the truth come from files (``scenario=imported``). The task then samples
+    no private batch and builds no model; it branches on this protocol.
+
+    ``check(needs)`` reads and checks everything before any work (one-line DeepleakError);
+    ``needs`` maps a chosen label method or attack (``"attack FedAvgReplay"``) to what it needs
+    beyond a gradient (``"weights"``, ``"truth"``, ``"snapshots"``), and a need the files cannot
+    meet is refused naming the missing key. ``num_examples`` is K (FedSGD) or N (FedAvg)."""
+
+    name: str
+
+    @property
+    def metadata_leaked(self) -> dict[str, Any]: ...
+
+    def check(self, needs: Mapping[str, Sequence[str]] | None = None) -> int:
+        """Read and check every file; returns num_examples."""
+
+    def load(self, device: torch.device) -> ImportedClient:
+        """The observation, truth and shapes, on ``device``."""

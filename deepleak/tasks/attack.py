@@ -24,7 +24,9 @@ from deepleak.labels.base import RevealsTruth
 from deepleak.models import build_model
 from deepleak.runs import save_images, write_metrics
 from deepleak.runtime import resolve_device, trial_seeds
-from deepleak.scenarios.base import PrivateBatch
+from deepleak.scenarios.base import ImportedClient, PrivateBatch, ProvidesClient
+from deepleak.scenarios.imported import fresh
+from deepleak.scenarios.threat_model import threat_model
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +38,51 @@ SUMMARY_KEYS = (
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks that need no data; run before any work."""
+    """Checks that need no data (an imported update's files are read and checked here); run
+    before any work."""
+    scenario = make(cfg.scenario)
+    imported = isinstance(scenario, ProvidesClient)
+    # An imported client: K or N is the manifest's num_examples; every file is read and checked.
+    batch_size = scenario.check(requirements(cfg)) if imported else cfg.batch_size
+    if imported and cfg.get("export_update"):
+        raise DeepleakError("export_update=true writes a simulated client's update in the import format; "
+                            "scenario=imported reads one that is already in it")
     if cfg.batch_size < 1:
         raise DeepleakError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.trials < 1:
         raise DeepleakError(f"trials must be >= 1, got {cfg.trials}")
     if cfg.first_trial < 0:
         raise DeepleakError(f"first_trial must be >= 0, got {cfg.first_trial}")
-    if not 0 <= cfg.wrong_labels <= cfg.batch_size:
-        raise DeepleakError(f"wrong_labels must be between 0 and batch_size ({cfg.batch_size}), got {cfg.wrong_labels}")
+    if not 0 <= cfg.wrong_labels <= batch_size:
+        raise DeepleakError(f"wrong_labels must be between 0 and batch_size ({batch_size}), got {cfg.wrong_labels}")
     # FedAvg: the top-level batch_size is the client's N, scenario.local_batch_size its mini-batch B.
     local = OmegaConf.select(cfg, "scenario.local_batch_size", default=None)
-    if isinstance(local, int) and local > cfg.batch_size:
+    if isinstance(local, int) and local > cfg.batch_size and not imported:
         raise DeepleakError(
             f"scenario.local_batch_size (the local mini-batch B = {local}) must be <= batch_size (the client's N = {cfg.batch_size})"
         )
     resolve_device(cfg.device)
 
 
+def requirements(cfg: DictConfig) -> dict[str, tuple[str, ...]]:
+    """What the chosen label method and attack need beyond a gradient (their classes'
+    ``requires``: "weights", "truth", "snapshots"), for an imported client to check."""
+    from hydra._internal.utils import _locate  # noqa: PLC0415
+
+    needs = {}
+    for group in ("labels", "attack"):
+        target = _locate(cfg[group]._target_)
+        needs[f"{group}={OmegaConf.select(cfg, 'hydra.runtime.choices.' + group) or target.__name__}"] = tuple(
+            getattr(target, "requires", ()))
+    return needs
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every configured object once (errors surface before any attack work)."""
-    objects = {name: make(cfg[name]) for name in ("dataset", "distribution", "scenario", "attack", "labels")}
+    scenario = make(cfg.scenario)
+    # An imported client brings its own data (or none): no data set or distribution is built.
+    names = ("attack", "labels") if isinstance(scenario, ProvidesClient) else ("dataset", "distribution", "attack", "labels")
+    objects = {"scenario": scenario, **{name: make(cfg[name]) for name in names}}
     objects["wrong_labels"] = int(cfg.wrong_labels)
     if isinstance(objects["labels"], RevealsTruth):
         log.warning("labels=oracle: the attack is given the TRUE labels (an upper bound, not an attack)")
@@ -65,17 +91,29 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
 def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torch.device,
               lpips_metric: metrics.LPIPSMetric | None, run_dir: Path) -> dict[str, Any]:
-    dataset, distribution = objects["dataset"], objects["distribution"]
+    dataset, distribution = objects.get("dataset"), objects.get("distribution")
     scenario, label_method, attack = objects["scenario"], objects["labels"], objects["attack"]
     seeds = trial_seeds(cfg.seed, trial)
     rng = np.random.default_rng(seeds["batch"])
 
     # --- the client: private data and what it shares --------------------------------
-    indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size, rng)
-    images, labels = dataset.batch(indices)
-    private = PrivateBatch(images.to(device), labels.to(device), torch.as_tensor(indices))
-    model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), seeds["model"]).to(device)
-    observation = scenario.observe(model, private, dataset.num_classes, trial=trial)
+    client: ImportedClient | None = objects.get("client")
+    if client is not None:
+        # An imported client (ProvidesClient): the update, the model and the truth (None:
+        # unscored) come from its files; each trial attacks it with its own attack seed.
+        observation, private = fresh(client).observation, client.truth
+        indices, num_classes = None, client.num_classes
+    else:
+        num_classes = dataset.num_classes
+        indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size, rng)
+        images, labels = dataset.batch(indices)
+        private = PrivateBatch(images.to(device), labels.to(device), torch.as_tensor(indices))
+        model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), seeds["model"]).to(device)
+        observation = scenario.observe(model, private, dataset.num_classes, trial=trial)
+    if cfg.get("export_update"):  # the server's view in the import format, truth given explicitly (docs/import.md)
+        from deepleak.scenarios.export import export_update  # noqa: PLC0415
+
+        export_update(run_dir / "update" / f"trial_{trial:03d}", observation, cfg.model, truth=private)
 
     # --- the attacker: sees the observation only ------------------------------------
     if isinstance(label_method, RevealsTruth):
@@ -84,16 +122,20 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     restored = label_method.restore(observation)
     label_seconds = time.perf_counter() - started
     if objects["wrong_labels"]:
-        restored = make_wrong(restored, objects["wrong_labels"], dataset.num_classes, rng)
+        restored = make_wrong(restored, objects["wrong_labels"], num_classes, rng)
     reconstruction = attack.reconstruct(observation, restored.to(device), seed=seeds["attack"])
 
     # --- metrics: the only place the truth is used again -----------------------------
+    if private is None:  # an imported update without truth: what was restored, unscored
+        record = unscored_record(cfg, trial, seeds, restored, label_seconds, observation, reconstruction, run_dir)
+        return {**record, "threat_model": threat_model(observation, scored=False)}
     true_labels = private.labels.cpu()
-    restored_metrics = metrics.label_metrics(restored, true_labels, dataset.num_classes)
+    restored_metrics = metrics.label_metrics(restored, true_labels, num_classes)
     record: dict[str, Any] = {
         "trial": trial,
         "seeds": seeds,
         "indices": indices,
+        "scored": True,
         "true_labels": sorted(true_labels.tolist()),
         "restored_labels": restored.tolist(),
         "label_seconds": label_seconds,
@@ -101,6 +143,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         **restored_metrics,
         "labels_source": "restored",
         "restored_label_accuracy": restored_metrics["label_accuracy"],
+        "threat_model": threat_model(observation, scored=True),
     }
     if reconstruction is not None and reconstruction.labels_from_attack:
         # The attack chose its own labels (DLG): the label metrics are those of the labels it
@@ -109,27 +152,14 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
             labels_source="attack",
             attack_labels=reconstruction.labels.tolist(),
             restored_label_metrics=restored_metrics,
-            **metrics.label_metrics(reconstruction.labels, true_labels, dataset.num_classes),
+            **metrics.label_metrics(reconstruction.labels, true_labels, num_classes),
         )
         record["attack_label_accuracy"] = record["label_accuracy"]
     if reconstruction is not None:
         scores = metrics.image_metrics(reconstruction.images, private.images.cpu(), reconstruction.labels,
                                        true_labels, lpips_metric)
         record.update(scores)
-        record.update(
-            gradient_distance=reconstruction.gradient_distance,
-            restart_distances=reconstruction.restart_distances,
-            best_restart=reconstruction.best_restart,
-            iterations=reconstruction.iterations,
-            evaluations=reconstruction.evaluations,
-            attack_seconds=reconstruction.seconds,
-            nonfinite_restarts=reconstruction.nonfinite_restarts,
-            stopped_by_budget=reconstruction.stopped_by_budget,
-            interrupted=reconstruction.interrupted,
-            stopped_by_evaluations=reconstruction.stopped_by_evaluations,
-            inactive_priors=reconstruction.inactive_priors,
-            prior_values=reconstruction.prior_values,
-        )
+        record.update(reconstruction_fields(reconstruction))
         # The recipe's own fields, and its own scores against the truth (the replay's epoch_psnr).
         record.update(reconstruction.extras)
         record.update(reconstruction.score(private.images.cpu(), scores["permutation"], metrics.psnr))
@@ -146,6 +176,55 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         )
     else:
         log.info("trial %d: label accuracy %.3f (labels only)", trial, record["label_accuracy"])
+    return record
+
+
+def reconstruction_fields(reconstruction: Any) -> dict[str, Any]:
+    """What every reconstruction records, scored or not."""
+    return dict(
+        gradient_distance=reconstruction.gradient_distance,
+        restart_distances=reconstruction.restart_distances,
+        best_restart=reconstruction.best_restart,
+        iterations=reconstruction.iterations,
+        evaluations=reconstruction.evaluations,
+        attack_seconds=reconstruction.seconds,
+        nonfinite_restarts=reconstruction.nonfinite_restarts,
+        stopped_by_budget=reconstruction.stopped_by_budget,
+        interrupted=reconstruction.interrupted,
+        stopped_by_evaluations=reconstruction.stopped_by_evaluations,
+        inactive_priors=reconstruction.inactive_priors,
+        prior_values=reconstruction.prior_values,
+    )
+
+
+def unscored_record(cfg: DictConfig, trial: int, seeds: dict[str, int], restored: torch.Tensor, label_seconds: float,
+                    observation: Any, reconstruction: Any, run_dir: Path) -> dict[str, Any]:
+    """One trial on an imported update without truth: the restored labels, the
+    reconstructions (PNGs of them alone, with their labels) and the final gradient or weight
+    distance; ``"scored": false`` and no PSNR or other score against a truth."""
+    record: dict[str, Any] = {
+        "trial": trial,
+        "seeds": seeds,
+        "indices": None,
+        "scored": False,
+        "restored_labels": restored.tolist(),
+        "label_seconds": label_seconds,
+        "local_steps": observation.local_steps,
+        "labels_source": "restored",
+    }
+    if reconstruction is None:
+        log.info("trial %d: restored labels %s (labels only; unscored: no truth)", trial, restored.tolist())
+        return record
+    if reconstruction.labels_from_attack:
+        record.update(labels_source="attack", attack_labels=reconstruction.labels.tolist())
+    record["image_labels"] = reconstruction.labels.tolist()  # the label of each reconstruction, in PNG order
+    record.update(reconstruction_fields(reconstruction))
+    record.update(reconstruction.extras)
+    if cfg.save_images:
+        folder = run_dir / "images" / f"trial_{trial:03d}"
+        record["images"] = [f"images/trial_{trial:03d}/{name}" for name in save_images(folder, None, reconstruction.images)]
+    log.info("trial %d: restored labels %s, gradient distance %.3g (%.1f s; unscored: no truth)",
+             trial, restored.tolist(), reconstruction.gradient_distance, reconstruction.seconds)
     return record
 
 
@@ -179,6 +258,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate(cfg)
     device = resolve_device(cfg.device)
     objects = build(cfg)
+    client = objects["client"] = objects["scenario"].load(device) if isinstance(objects["scenario"], ProvidesClient) else None
     attacking = not isinstance(objects["attack"], NoAttack)
     lpips_metric = metrics.load_lpips(device) if attacking else None
     result: dict[str, Any] = {
@@ -187,10 +267,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "oracle_labels": isinstance(objects["labels"], RevealsTruth),
         "wrong_labels": objects["wrong_labels"],
         "attack": OmegaConf.select(cfg, "attack._target_"),
-        "dataset": type(objects["dataset"]).__name__,
-        "num_classes": objects["dataset"].num_classes,
-        "image_shape": list(objects["dataset"].image_shape),
-        "batch_size": cfg.batch_size,
+        "dataset": client.source if client else type(objects["dataset"]).__name__,
+        "num_classes": client.num_classes if client else objects["dataset"].num_classes,
+        "image_shape": list(client.image_shape if client else objects["dataset"].image_shape),
+        "batch_size": client.observation.recipe.num_samples if client else cfg.batch_size,
+        "scored": client.truth is not None if client else True,
         "trials": cfg.trials,
         "first_trial": cfg.first_trial,
         "seed": cfg.seed,
@@ -199,9 +280,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "lpips_absent_reason": lpips_metric.absent_reason if lpips_metric else "no image reconstruction",
         "metadata_leaked": dict(objects["scenario"].metadata_leaked),
     }
+    if client is not None and client.regeneration is not None:
+        result["update_regeneration"] = client.regeneration
     records = []
     for trial in range(cfg.first_trial, cfg.first_trial + cfg.trials):
         records.append(run_trial(cfg, objects, trial, device, lpips_metric, run_dir))
+        result["threat_model"] = records[-1].pop("threat_model")  # the same for every trial
         result.update(summary=summarise(records), per_trial=records, trials_done=len(records),
                       wall_seconds=time.perf_counter() - started)
         write_metrics(run_dir, result)  # after every trial, so an interrupted run keeps its trials

@@ -13,6 +13,7 @@ from PIL import Image
 from deepleak.config import check_types, chosen_group_appends, config_dir, precheck
 from deepleak.errors import DeepleakError
 from deepleak.tasks.attack import validate
+from imported_client import write_client
 
 CONF = Path(config_dir())
 GROUPS = ["dataset", "model", "labels", "attack", "distribution", "scenario"]
@@ -48,13 +49,16 @@ def data_roots(tmp_path_factory):
         folder.mkdir(parents=True)
         for index in range(2):
             Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(folder / f"{index}.png")
-    return {"cifar10": str(root / "cifar10"), "imagenet": str(root / "imagenet")}
+    # scenario=imported reads a client's update from files: a tiny one (tests/imported_client.py).
+    imported = write_client(root / "imported")
+    return {"cifar10": str(root / "cifar10"), "imagenet": str(root / "imagenet"), "imported": str(imported)}
 
 
 @pytest.mark.parametrize("group, option", OPTIONS)
 def test_option_composes_checks_and_instantiates_on_its_own(compose, data_roots, group, option):
     """The composed option, given to plain hydra.utils.instantiate: no key is the task's own."""
     root = [f"dataset.root={data_roots[option]}"] if group == "dataset" and option in data_roots else []
+    root += [f"scenario.path={data_roots[option]}"] if group == "scenario" and option == "imported" else []
     cfg = compose(f"{group}={option}", *root)
     check_types(cfg)
     validate(cfg)

@@ -48,6 +48,8 @@ class Fitted:
     steps move the logits far; there the fit finds a wrong label set with a small residual.
     """
 
+    requires = ("weights",)  # FedAvg's shared weights (checked for an imported update before any work)
+
     name = "fitted"
 
     def __init__(

@@ -27,6 +27,8 @@ class Mean:
     many the mean (E = 10: 0.753 and 0.959 at eta = 0.1 and 0.001, against 0.662 and 0.928).
     """
 
+    requires = ("weights",)  # FedAvg's shared weights (checked for an imported update before any work)
+
     name = "mean"
 
     def __init__(self, methods: list[Any], rounding: str = "largest_remainder") -> None:

@@ -59,6 +59,8 @@ class _FitScoredSearch:
     scored set, ``candidates`` x ``candidates`` moves per round, at most ``rounds`` moves, each
     below ``margin`` x the current score, every fit ``iterations`` Adam steps at ``lr``."""
 
+    requires = ("weights",)  # FedAvg's shared weights (checked for an imported update before any work)
+
     def __init__(self, fitted: Any, starts: int, candidates: int, rounds: int, margin: float, iterations: int,
                  lr: float, rounding: str, seed: int) -> None:
         for key, value, low in (("starts", starts, 1), ("candidates", candidates, 1), ("rounds", rounds, 0),

@@ -43,6 +43,8 @@ class Search:
     wrong way (eta = 0.1, E = 1: 0.606 against 0.669).
     """
 
+    requires = ("weights",)  # FedAvg's shared weights (checked for an imported update before any work)
+
     name = "search"
 
     def __init__(

@@ -34,6 +34,8 @@ class Simulated:
     p_y rises and w shrinks, which is what the dummy statistics of the other estimates miss.
     """
 
+    requires = ("weights",)  # FedAvg's shared weights (checked for an imported update before any work)
+
     name = "simulated"
 
     def __init__(
