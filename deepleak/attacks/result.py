@@ -59,6 +59,24 @@ class Reconstruction:
     extras: dict[str, Any] = field(default_factory=dict)
     scorers: list[Scorer] = field(default_factory=list, repr=False, compare=False)
 
+    def record(self) -> dict[str, Any]:
+        """The fields every run records for a reconstruction, scored or not (metrics.json
+        keys); the recipe's ``extras`` are recorded beside them."""
+        return dict(
+            gradient_distance=self.gradient_distance,
+            restart_distances=self.restart_distances,
+            best_restart=self.best_restart,
+            iterations=self.iterations,
+            evaluations=self.evaluations,
+            attack_seconds=self.seconds,
+            nonfinite_restarts=self.nonfinite_restarts,
+            stopped_by_budget=self.stopped_by_budget,
+            interrupted=self.interrupted,
+            stopped_by_evaluations=self.stopped_by_evaluations,
+            inactive_priors=self.inactive_priors,
+            prior_values=self.prior_values,
+        )
+
     def score(self, private_images: torch.Tensor, permutation: Sequence[int], psnr: PSNR) -> dict[str, Any]:
         """The recipe's own scores: ``private_images`` (K, C, H, W) on CPU, ``permutation`` the
         pairing of ``images`` to them (``metrics.image_metrics``'s), ``psnr`` the metric."""

@@ -151,18 +151,9 @@ def read_state(model: nn.Module, path: Path, what: str) -> StateFile:
                 raise DeepleakError(f"{what} file {path}: array {index} has shape {_shape(tensor)}, the model's "
                                     f"{name!r} (entry {index} of its state_dict order) has {_shape(state[name])}")
     else:
-        named = strip_prefixes(entries, path, what)
-        for name, tensor in named.items():
-            if name not in state:
-                raise DeepleakError(f"{what} file {path}: key {name!r} is not in the model {kind}'s state_dict "
-                                    f"(its first keys: {', '.join(list(state)[:3])})")
-            if tuple(tensor.shape) != tuple(state[name].shape):
-                raise DeepleakError(f"{what} file {path}: {name!r} has shape {_shape(tensor)}, "
-                                    f"the model {kind}'s has {_shape(state[name])}")
-        missing = [name for name in parameter_names if name not in named]
-        if missing:
-            raise DeepleakError(f"{what} file {path} lacks the model {kind}'s parameter {missing[0]!r}"
-                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        named = _by_name(entries, state, parameter_names, path, what, kind,
+                         unknown="is not in the model {kind}'s state_dict (its first keys: {first})",
+                         lacking="lacks the model {kind}'s parameter {name!r}")
     absent = [name for name in buffer_names if name not in named]
     if absent and buffer_names:
         log.info("%s file %s holds no buffers (%s ...): the model keeps its own", what, path.name, absent[0])
@@ -188,16 +179,27 @@ def read_gradient(model: nn.Module, path: Path, what: str = "gradient") -> tuple
                 raise DeepleakError(f"{what} file {path}: array {index} has shape {_shape(tensor)}, the model's "
                                     f"parameter {name!r} (number {index} in parameters() order) has {_shape(parameters[name])}")
     else:
-        named = strip_prefixes(entries, path, what)
-        for name, tensor in named.items():
-            if name not in parameters:
-                raise DeepleakError(f"{what} file {path}: key {name!r} is not a parameter of the model {kind} "
-                                    f"(its first parameters: {', '.join(names[:3])})")
-            if tuple(tensor.shape) != tuple(parameters[name].shape):
-                raise DeepleakError(f"{what} file {path}: {name!r} has shape {_shape(tensor)}, "
-                                    f"the model {kind}'s has {_shape(parameters[name])}")
-        missing = [name for name in names if name not in named]
-        if missing:
-            raise DeepleakError(f"{what} file {path} lacks the gradient of the model {kind}'s parameter {missing[0]!r}"
-                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        named = _by_name(entries, parameters, names, path, what, kind,
+                         unknown="is not a parameter of the model {kind} (its first parameters: {first})",
+                         lacking="lacks the gradient of the model {kind}'s parameter {name!r}")
     return tuple(named[name].to(parameters[name].dtype) for name in names)
+
+
+def _by_name(entries: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], required: list[str], path: Path,
+             what: str, kind: str, unknown: str, lacking: str) -> dict[str, torch.Tensor]:
+    """``entries`` keyed by name (prefixes stripped), checked against ``reference``: every name
+    known and of its shape, every ``required`` name present. ``unknown``/``lacking``: the
+    sentences' endings, formatted with ``kind``, ``first`` (the first reference names) and ``name``."""
+    named = strip_prefixes(entries, path, what)
+    for name, tensor in named.items():
+        if name not in reference:
+            first = ", ".join(list(reference)[:3])
+            raise DeepleakError(f"{what} file {path}: key {name!r} " + unknown.format(kind=kind, first=first))
+        if tuple(tensor.shape) != tuple(reference[name].shape):
+            raise DeepleakError(f"{what} file {path}: {name!r} has shape {_shape(tensor)}, "
+                                f"the model {kind}'s has {_shape(reference[name])}")
+    missing = [name for name in required if name not in named]
+    if missing:
+        raise DeepleakError(f"{what} file {path} " + lacking.format(kind=kind, name=missing[0])
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return named

@@ -159,7 +159,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         scores = metrics.image_metrics(reconstruction.images, private.images.cpu(), reconstruction.labels,
                                        true_labels, lpips_metric)
         record.update(scores)
-        record.update(reconstruction_fields(reconstruction))
+        record.update(reconstruction.record())
         # The recipe's own fields, and its own scores against the truth (the replay's epoch_psnr).
         record.update(reconstruction.extras)
         record.update(reconstruction.score(private.images.cpu(), scores["permutation"], metrics.psnr))
@@ -177,24 +177,6 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     else:
         log.info("trial %d: label accuracy %.3f (labels only)", trial, record["label_accuracy"])
     return record
-
-
-def reconstruction_fields(reconstruction: Any) -> dict[str, Any]:
-    """What every reconstruction records, scored or not."""
-    return dict(
-        gradient_distance=reconstruction.gradient_distance,
-        restart_distances=reconstruction.restart_distances,
-        best_restart=reconstruction.best_restart,
-        iterations=reconstruction.iterations,
-        evaluations=reconstruction.evaluations,
-        attack_seconds=reconstruction.seconds,
-        nonfinite_restarts=reconstruction.nonfinite_restarts,
-        stopped_by_budget=reconstruction.stopped_by_budget,
-        interrupted=reconstruction.interrupted,
-        stopped_by_evaluations=reconstruction.stopped_by_evaluations,
-        inactive_priors=reconstruction.inactive_priors,
-        prior_values=reconstruction.prior_values,
-    )
 
 
 def unscored_record(cfg: DictConfig, trial: int, seeds: dict[str, int], restored: torch.Tensor, label_seconds: float,
@@ -218,7 +200,7 @@ def unscored_record(cfg: DictConfig, trial: int, seeds: dict[str, int], restored
     if reconstruction.labels_from_attack:
         record.update(labels_source="attack", attack_labels=reconstruction.labels.tolist())
     record["image_labels"] = reconstruction.labels.tolist()  # the label of each reconstruction, in PNG order
-    record.update(reconstruction_fields(reconstruction))
+    record.update(reconstruction.record())
     record.update(reconstruction.extras)
     if cfg.save_images:
         folder = run_dir / "images" / f"trial_{trial:03d}"
