@@ -23,7 +23,7 @@ from deepleak.errors import DeepleakError
 from deepleak.labels.base import RevealsTruth
 from deepleak.models import build_model
 from deepleak.runs import save_images, write_metrics
-from deepleak.runtime import resolve_device, trial_seeds
+from deepleak.runtime import preload_optimizers, resolve_device, trial_seeds
 from deepleak.scenarios.base import ImportedClient, PrivateBatch, ProvidesClient
 from deepleak.scenarios.imported import fresh
 from deepleak.scenarios.threat_model import threat_model
@@ -243,6 +243,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     client = objects["client"] = objects["scenario"].load(device) if isinstance(objects["scenario"], ProvidesClient) else None
     attacking = not isinstance(objects["attack"], NoAttack)
     lpips_metric = metrics.load_lpips(device) if attacking else None
+
     result: dict[str, Any] = {
         "scenario": objects["scenario"].name,
         "labels": objects["labels"].name,
@@ -259,6 +260,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "seed": cfg.seed,
         "device": str(device),
         "torch": torch.__version__,
+        "preload_seconds": preload_seconds,  # torch._dynamo imported before the attack clock (runtime.preload_optimizers)
         "lpips_absent_reason": lpips_metric.absent_reason if lpips_metric else "no image reconstruction",
         "metadata_leaked": dict(objects["scenario"].metadata_leaked),
     }
