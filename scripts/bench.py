@@ -446,13 +446,13 @@ def section_fedavg(args, device: torch.device, clock: Clock) -> None:
 
 
 def section_labels(args, device: torch.device, clock: Clock) -> None:
-    from deepleak.labels import ZeroShot
+    from deepleak.labels import ZeroShotPlus
 
     sizes = (64, 1024, 4096) if not args.quick else (8, 64)
-    print("\n### Labels only: zero-shot restoration on LeNet (32 px, 10 classes)\n")
+    print("\n### Labels only: zero-shot restoration (labels=zeroshot_plus, the default) on LeNet (32 px, 10 classes)\n")
     print("| K | restoration s (median) | client gradient s | label accuracy |")
     print("|--:|--:|--:|--:|")
-    method = ZeroShot()
+    method = ZeroShotPlus()
     for k in sizes:
         started = clock()
         observation, labels, _ = observe("lenet", 32, k, device)

@@ -8,10 +8,10 @@ e.g. for the duplicates figure:
 
 Usage (always with OMP_NUM_THREADS=1 on a shared CPU):
 
-    python scripts/label_figures.py duplicates [--trials 200] [--methods zeroshot,gradinversion,llg,ilrg]
+    python scripts/label_figures.py duplicates [--trials 200] [--methods zeroshot_plus,zeroshot,gradinversion,llg,ilrg]
         [--init-scale 0.5|null]
     python scripts/label_figures.py resnet [--trials 3] [--sizes 64,256,1024] [--classes 10,100]
-        [--methods zeroshot,zeroshot:refine=false,ilrg]
+        [--methods zeroshot_plus,zeroshot_plus:refine=false,ilrg]
     python scripts/label_figures.py timing [--trials 5] [--sizes 1024,4096]
 
 Each table gives the mean label accuracy over trials, the trial count and the mean seconds of
@@ -51,7 +51,7 @@ def compose(*overrides: str):
 
 
 def method_overrides(spec: str) -> list[str]:
-    """'zeroshot:refine=false' -> ['labels=zeroshot', 'labels.refine=false']."""
+    """'zeroshot_plus:refine=false' -> ['labels=zeroshot_plus', 'labels.refine=false']."""
     name, *settings = spec.split(":")
     return [f"labels={name}", *(f"labels.{setting}" for setting in settings)]
 
@@ -121,7 +121,7 @@ def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) ->
     dataset, distribution, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))
     label_methods = {}
     for m in methods:
-        # "zeroshot:refine=false" is labels=zeroshot with labels.refine=false.
+        # "zeroshot_plus:refine=false" is labels=zeroshot_plus with labels.refine=false.
         label_methods[m] = make(compose(*method_overrides(m)).labels)
     out = {m: {"acc": [], "label_s": []} for m in methods}
     wall = []
@@ -197,9 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-scale", default="0.5",
                         help="duplicates: LeNet initialisation, U(-s, s) or null for PyTorch's default")
     args = parser.parse_args(argv)
-    defaults = {"duplicates": (200, "zeroshot,gradinversion,llg,ilrg"),
-                "resnet": (3, "zeroshot,ilrg"),
-                "timing": (5, "zeroshot,gradinversion,llg,ilrg")}[args.figure]
+    defaults = {"duplicates": (200, "zeroshot_plus,zeroshot,gradinversion,llg,ilrg"),
+                "resnet": (3, "zeroshot_plus,ilrg"),
+                "timing": (5, "zeroshot_plus,gradinversion,llg,ilrg")}[args.figure]
     args.trials = args.trials or defaults[0]
     args.methods = args.methods or defaults[1]
     if args.figure == "timing" and args.sizes == "64,256,1024":

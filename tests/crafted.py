@@ -82,12 +82,12 @@ def unrolled_classifier_residual(update, start, y, end=None, exponent=1.0):
 
 
 # --- a small real attack case: sample-set images, untrained LeNet, FedSGD ----------------
-def observe(k: int, width: int = 12, seed: int = 0, classes: int = 10):
-    data = SampleDataset(num_classes=classes, resolution=32, crops_per_class=4)
+def observe(k: int, width: int = 12, seed: int = 0, classes: int = 10, resolution: int = 32):
+    data = SampleDataset(num_classes=classes, resolution=resolution, crops_per_class=4)
     indices = [c * 4 for c in range(k)]  # distinct classes
     images, labels = data.batch(indices)
     torch.manual_seed(seed)
-    model = LeNet(classes, width=width)
+    model = LeNet(classes, image_shape=(3, resolution, resolution), width=width)
     return FedSGD().observe(model, PrivateBatch(images, labels), classes), images, labels
 
 
@@ -106,3 +106,27 @@ def tiny_fedavg(n=4, b=2, epochs=2, lr=0.05, seed=0):
     generator = torch.Generator().manual_seed(seed)
     batch = PrivateBatch(torch.rand(n, 3, 12, 12, generator=generator), torch.arange(n) % 10)
     return batch, FedAvg(local_batch_size=b, epochs=epochs, lr=lr, seed=seed).observe(model, batch, 10)
+
+
+# --- the noise floor of a PSNR bar ---------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def sample_mean_image(resolution: int = 32, num_classes: int = 10, crops_per_class: int = 64) -> torch.Tensor:
+    """The sample set's mean image (3, resolution, resolution): every crop of every class."""
+    data = SampleDataset(num_classes=num_classes, resolution=resolution, crops_per_class=crops_per_class)
+    images, _ = data.batch(range(len(data)))
+    return images.mean(0)
+
+
+def noise_floor_psnr(images, seed: int = 0, mean_image=None) -> float:
+    """The mean PSNR a reconstruction scores against ``images`` (K, C, H, W) in [0, 1] with no
+    information from the update: the higher of uniform noise U[0, 1] (drawn with ``seed``) and
+    the data set's mean image (``mean_image`` (C, H, W); the sample set's at the images' side
+    when None). A PSNR bar that claims the attack recovered something sits >= 10 dB above it."""
+    from deepleak.metrics import psnr
+
+    images = torch.as_tensor(images, dtype=torch.float32)
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(seed))
+    if mean_image is None:
+        mean_image = sample_mean_image(images.shape[-1])
+    mean = torch.as_tensor(mean_image, dtype=torch.float32).expand_as(images)
+    return float(max(psnr(noise, images).mean(), psnr(mean, images).mean()))

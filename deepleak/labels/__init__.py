@@ -6,5 +6,6 @@ from deepleak.labels.ilrg import ILRG
 from deepleak.labels.llg import LLG
 from deepleak.labels.oracle import Oracle
 from deepleak.labels.zeroshot import ZeroShot
+from deepleak.labels.zeroshot_plus import ZeroShotPlus
 
-__all__ = ["GradInversion", "IDLG", "ILRG", "LLG", "Oracle", "ZeroShot"]
+__all__ = ["GradInversion", "IDLG", "ILRG", "LLG", "Oracle", "ZeroShot", "ZeroShotPlus"]

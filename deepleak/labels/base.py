@@ -78,18 +78,27 @@ def last_layer_gradient(observation: Observation) -> tuple[torch.Tensor, torch.T
     return named[weight_name], (named[bias_name] if bias_name else None)
 
 
+ROUNDING_RULES = ("geng", "largest_remainder", "round")
+
+
 def counts_to_labels(counts: np.ndarray | torch.Tensor, total: int, rule: str = "largest_remainder") -> torch.Tensor:
     """Turn real-valued per-class counts into exactly ``total`` sorted integer labels.
 
-    Negative counts are clipped to 0. Rules:
-    - ``largest_remainder``: floor every count, then give the missing units to the classes
-      with the largest fractional parts (or take surplus units from the smallest ones).
-    - ``round``: the authors' rule: round every count, then add (or remove) one unit at a
-      time in the order of the rounding error.
+    Rules:
+    - ``geng``: the rule of Geng et al.'s code (see :func:`geng_rounding`): round, then drop the
+      surplus from, or add absent classes for the deficit by, relative rounding error.
+    - ``largest_remainder``: negatives clipped to 0; floor every count, then give the missing
+      units to the classes with the largest fractional parts (or take surplus units from the
+      smallest ones).
+    - ``round``: negatives clipped to 0; round every count, then add (or remove) one unit at a
+      time in the order of the signed rounding error (deepleak's; close to, not the same as,
+      ``geng``).
     """
     counts = np.asarray(counts, dtype=np.float64)
     if not np.all(np.isfinite(counts)):
         raise DeepleakError("label counts are not finite: the shared update holds NaN or inf")
+    if rule == "geng":
+        return geng_rounding(counts, total)
     # No class can hold more than ``total`` samples; the bound also keeps the loops below
     # short when an ill-conditioned method returns huge counts.
     counts = np.clip(counts, 0.0, float(total))
@@ -98,7 +107,7 @@ def counts_to_labels(counts: np.ndarray | torch.Tensor, total: int, rule: str = 
     elif rule == "round":
         integer = np.round(counts)
     else:
-        raise DeepleakError(f"unknown rounding rule {rule!r}; choose largest_remainder or round")
+        raise DeepleakError(f"unknown rounding rule {rule!r}; choose {', '.join(ROUNDING_RULES)}")
     error = counts - integer  # > 0: the class deserves more; < 0: less
     missing = total - int(integer.sum())
     # Each round gives (or takes) at most one unit per class, in the order of the rounding
@@ -113,6 +122,54 @@ def counts_to_labels(counts: np.ndarray | torch.Tensor, total: int, rule: str = 
         integer[candidates] -= 1
         error[candidates] += 1
         missing += len(candidates)
+    return _labels(integer, total)
+
+
+def geng_rounding(counts: np.ndarray, total: int) -> torch.Tensor:
+    """The rounding of Geng et al.'s code (jiahuigeng/GeneralDeepLeakage, ``attack_fedsgd.py``,
+    the ``gdlg`` branch after ``label_p = sum_p - (bs / sum_o) * tmp_min``), step by step:
+
+    1. ``reds = round(counts)`` (half to even); the error of class n is |counts_n - reds_n|,
+       divided by reds_n where reds_n >= 1 (a relative error), absolute otherwise.
+    2. Classes in ascending error order, each with reds_n > 0 adding reds_n copies, until the
+       list holds more than ``total`` labels; the list is cut to ``total``, so a surplus comes
+       off the classes with the largest relative error.
+    3. Short of ``total``: classes not yet in the list (reds_n <= 0), in descending error
+       order, one copy each, until ``total``.
+
+    Counts are not clipped (a count of -0.4 has error 0.4, like one of 0.4). Two differences,
+    neither changing a result of the authors' code: ties in the error are broken by class index
+    (their sorts are not stable), and a class adds at most ``total + 1`` copies (the list is cut
+    at ``total`` anyway). One case the authors' code leaves short (it returns fewer than
+    ``total`` labels when the deficit exceeds the number of absent classes, e.g. K = 64 over 10
+    classes) is completed here as by ``round``: one unit at a time to the class with the largest
+    signed error counts - held.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    reds = np.round(counts)
+    error = np.abs(counts - reds)
+    error = np.where(reds >= 1, error / np.maximum(reds, 1), error)
+    labels: list[int] = []
+    for n in np.argsort(error, kind="stable"):
+        if reds[n] > 0:
+            labels += [int(n)] * int(min(reds[n], total + 1))
+        if len(labels) > total:
+            break
+    labels = labels[:total]
+    if len(labels) < total:
+        for n in np.argsort(-error, kind="stable"):
+            if int(n) not in labels:
+                labels.append(int(n))
+            if len(labels) >= total:
+                break
+    held = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(counts)).astype(np.float64)
+    while held.sum() < total:  # deepleak's completion; see above
+        held[int(np.argmax(counts - held))] += 1
+    return _labels(held, total)
+
+
+def _labels(integer: np.ndarray, total: int) -> torch.Tensor:
+    """Per-class integer counts (N,) summing to ``total`` -> sorted labels (total,) int64."""
     labels = np.repeat(np.arange(len(integer)), integer.astype(np.int64))
     assert len(labels) == total, (len(labels), total)
     return torch.as_tensor(labels, dtype=torch.int64)
@@ -198,7 +255,7 @@ def require_batch_at_most_classes(method: str, observation: Observation) -> None
 
 
 __all__ = [
-    "LabelMethod", "counts_to_labels", "last_activation", "last_layer_gradient", "require_batch_at_most_classes",
+    "LabelMethod", "ROUNDING_RULES", "counts_to_labels", "geng_rounding", "last_activation", "last_layer_gradient", "require_batch_at_most_classes",
     "require_batch_size", "require_bias", "require_nonnegative_features",
 ]
 

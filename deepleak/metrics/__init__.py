@@ -8,6 +8,8 @@ dict is a Python float/int/str/bool/None or a list of those, so ``json.dumps`` w
   ``image_metrics``.
 - :mod:`deepleak.metrics.lpips`: LPIPS from local weights only (``load_lpips``).
 - :mod:`deepleak.metrics.labels`: label and count accuracies, ``label_metrics``.
+- :mod:`deepleak.metrics.noise_floor`: the PSNR/SSIM of uniform noise and of the data set's
+  mean image against the private batch, the level an attack must beat (``noise_floor``).
 
 Conventions
 -----------
@@ -38,9 +40,38 @@ from deepleak.metrics.lpips import (
     alexnet_checkpoint_path,
     load_lpips,
 )
+from deepleak.metrics.noise_floor import (
+    MEAN_IMAGE_SAMPLE,
+    MeanImage,
+    dataset_mean_image,
+    noise_floor,
+    noise_floor_summary,
+)
 
 __all__ = [
-    "ALEXNET_FILE", "LPIPSMetric", "LPIPS_MIN_SIDE", "LPIPS_UPSAMPLE_SIDE", "PSNR_CAP_DB", "alexnet_checkpoint_path",
-    "count_accuracy", "count_accuracy_present", "exact_batch", "existence_accuracy", "existence_jaccard",
-    "image_metrics", "label_accuracy", "label_metrics", "load_lpips", "mse", "pair", "psnr", "ssim", "ssim_win_size",
+    "ALEXNET_FILE",
+    "LPIPS_MIN_SIDE",
+    "LPIPS_UPSAMPLE_SIDE",
+    "MEAN_IMAGE_SAMPLE",
+    "PSNR_CAP_DB",
+    "LPIPSMetric",
+    "MeanImage",
+    "alexnet_checkpoint_path",
+    "count_accuracy",
+    "count_accuracy_present",
+    "dataset_mean_image",
+    "exact_batch",
+    "existence_accuracy",
+    "existence_jaccard",
+    "image_metrics",
+    "label_accuracy",
+    "label_metrics",
+    "load_lpips",
+    "mse",
+    "noise_floor",
+    "noise_floor_summary",
+    "pair",
+    "psnr",
+    "ssim",
+    "ssim_win_size",
 ]

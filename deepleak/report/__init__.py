@@ -1,7 +1,8 @@
 """``deepleak report DIR [DIR ...]``: tables and figures over the jobs of sweeps and runs.
 
 Modules: :mod:`~deepleak.report.jobs` (reading job dirs), :mod:`~deepleak.report.groups`
-(settings and their statistics), :mod:`~deepleak.report.tables`, :mod:`~deepleak.report.figures`,
+(settings and their statistics), :mod:`~deepleak.report.stats` (mean, std, interval),
+:mod:`~deepleak.report.noise_floor`, :mod:`~deepleak.report.tables`, :mod:`~deepleak.report.figures`,
 :mod:`~deepleak.report.build` (the report directory and the command), and
 :mod:`~deepleak.report.constants`.
 
@@ -16,29 +17,49 @@ leaves at its default, the other's value is read from its composed config (the g
 choice in ``.hydra/hydra.yaml`` for a config group, ``.hydra/config.yaml`` for a value),
 so sweeps with different override lists can be reported together.
 
-Every metric is the mean and the population standard deviation (``ddof=0``, as in
-``metrics.json``'s summary) of the per-trial values of all jobs in a group. The report is
-written into a new directory, ``OUT/report/`` (``report-1/``, ``report-2/``, ... when that
-exists), so nothing already written is overwritten:
+Every metric is the mean, the sample standard deviation (``ddof=1``; ``metrics.json``'s own
+summary keeps ``ddof=0``) and the 95 % confidence interval of the mean, mean ± t_{0.975, n-1} ·
+std / sqrt(n) (Student t, :mod:`~deepleak.report.stats`), of the per-trial values of all jobs in
+a group; with one trial only the mean is shown, ``mean (n = 1)``. A table with PSNR ends in
+two noise-floor rows (:mod:`~deepleak.report.noise_floor`): the PSNR/SSIM of uniform noise and
+of the data set's mean image against the same private images, pooled over all its trials
+(``not recorded`` for runs made before metrics.json had them). A job whose ``metrics.json``
+cannot be used (corrupt, missing in a done job, wrong types) is ``unreadable``: so in the
+jobs column, and named in a note under the table. The report is written into a new directory,
+``OUT/report/`` (``report-1/``, ``report-2/``, ... when that exists), so nothing already
+written is overwritten:
 
-    report.md   a GitHub table (mean ± std), the jobs that did not finish, figures
-    report.csv  one row per group: swept values, n, job counts, <metric>_mean, <metric>_std
+    report.md   a GitHub table (mean ± std [95% CI]), the jobs that did not finish, figures
+    report.csv  one row per group: swept values, n, job counts, <metric>_mean, _std, _ci_low,
+                _ci_high, _n; then the noise-floor rows (column ``reference``)
     report.tex  a booktabs tabular
     fig_<metric>.png   the metric against batch size (or the first numeric swept key), one
-                       line per value of the other swept keys, error bars = std
+                       line per value of the other swept keys, error bars = 95% CI, the
+                       noise floors as dashed lines
     montage.png        the ``grid.png`` of trial 0 (originals above reconstructions) of
                        each group, titled with its setting (montage-2.png ... past 12 rows)
 """
 
 from deepleak.report.build import main, new_report_dir, report
-from deepleak.report.constants import ABSENT, IGNORED_KEYS, METRICS, NOT_APPLICABLE, REPORT_NAME
+from deepleak.report.constants import (
+    ABSENT,
+    IGNORED_KEYS,
+    METRICS,
+    NOISE_FLOORS,
+    NOT_APPLICABLE,
+    NOT_RECORDED,
+    REPORT_NAME,
+    UNREADABLE,
+)
 from deepleak.report.figures import metric_figure, montage, x_key
 from deepleak.report.groups import Group, group_jobs
 from deepleak.report.jobs import Job, find_jobs, read_job
+from deepleak.report.noise_floor import noise_floor_rows
+from deepleak.report.stats import Stat, describe
 from deepleak.report.tables import csv_text, markdown_table, reported_metrics, tex_table
 
 __all__ = [
-    "ABSENT", "IGNORED_KEYS", "METRICS", "NOT_APPLICABLE", "REPORT_NAME", "Group", "Job", "csv_text", "find_jobs",
-    "group_jobs", "main", "markdown_table", "metric_figure", "montage", "new_report_dir", "read_job", "report",
-    "reported_metrics", "tex_table", "x_key",
+    "ABSENT", "IGNORED_KEYS", "METRICS", "NOISE_FLOORS", "NOT_APPLICABLE", "NOT_RECORDED", "REPORT_NAME", "UNREADABLE",
+    "Group", "Job", "Stat", "csv_text", "describe", "find_jobs", "group_jobs", "main", "markdown_table", "metric_figure",
+    "montage", "new_report_dir", "noise_floor_rows", "read_job", "report", "reported_metrics", "tex_table", "x_key",
 ]

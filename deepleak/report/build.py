@@ -13,11 +13,20 @@ from collections import Counter
 from pathlib import Path
 
 from deepleak.errors import DeepleakError
-from deepleak.report.constants import REPORT_NAME
+from deepleak.report.constants import REPORT_NAME, UNREADABLE
 from deepleak.report.figures import metric_figure, montage
 from deepleak.report.groups import _sort_key, group_jobs
 from deepleak.report.jobs import Job, find_jobs
-from deepleak.report.tables import _label, _shown, _status_text, csv_text, markdown_table, reported_metrics, tex_table
+from deepleak.report.tables import (
+    CELL_NOTE,
+    _label,
+    _shown,
+    _status_text,
+    csv_text,
+    markdown_table,
+    reported_metrics,
+    tex_table,
+)
 from deepleak.runs import METRICS_FILE, STATUS_FILE
 
 log = logging.getLogger(__name__)
@@ -42,7 +51,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _not_done_section(jobs: list[Job], swept: list[str], folder: Path) -> str:
-    bad = [j for j in jobs if j.status != "done"]
+    bad = [j for j in jobs if j.status not in ("done", UNREADABLE)]  # the unreadable: in their own note
     if not bad:
         return ""
     lines = ["## Jobs not done", "",
@@ -52,6 +61,17 @@ def _not_done_section(jobs: list[Job], swept: list[str], folder: Path) -> str:
         setting = _label(swept, (j.value(k) for k in swept)) if swept else ""
         row = [_relative(j.path, folder), setting, j.status or "unknown", str(len(j.records)), j.error or ""]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _unreadable_note(jobs: list[Job], folder: Path) -> str:
+    """The note under the table naming each job whose metrics.json cannot be used."""
+    bad = [j for j in jobs if j.status == UNREADABLE]
+    if not bad:
+        return ""
+    lines = [f"{UNREADABLE.capitalize()} ({len(bad)} job{'s' if len(bad) > 1 else ''}; "
+             "their trials are missing from the table):", ""]
+    lines += [f"- `{_relative(j.path / METRICS_FILE, folder)}`: {j.unreadable}" for j in bad]
     return "\n".join(lines) + "\n"
 
 
@@ -104,9 +124,14 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
           f"Swept: {', '.join(f'`{k}`' for k in swept) or 'nothing'}. "
           f"Fixed: {', '.join(f'`{k}={_shown(v)}`' for k, v in fixed.items()) or 'nothing'}. "
           f"Seeds: {', '.join(map(str, seeds)) or '-'}.", "",
-          "Each cell: mean ± std (population, ddof=0) over the n trials of the setting, "
-          "pooled over its jobs (seeds). `-`: the metric does not apply; `absent`: not computed.", "",
+          CELL_NOTE + " `-`: the metric does not apply; `absent`: not computed."
+          + (" Noise floor: the PSNR/SSIM of uniform noise and of the data set's mean image against the same "
+             "private images, over all trials of the table (`not recorded`: runs made before it existed)."
+             if "psnr_mean" in metrics else ""), "",
           table]
+    unreadable = _unreadable_note(jobs, folder)
+    if unreadable:
+        md += [unreadable]
     if reasons:
         md += [" ".join(sorted(reasons)), ""]  # each says "LPIPS absent: <why>" or "LPIPS not computed: ..."
     if figures or montages or figure_note:
@@ -149,3 +174,5 @@ def main(args: list[str]) -> None:
     not_done = sum(1 for line in lines if line.startswith("## Jobs not done"))
     if not_done:
         sys.stdout.write(f"\nsome jobs did not finish: see {folder / 'report.md'}\n")
+    if any(line.startswith(f"{UNREADABLE.capitalize()} (") for line in lines):
+        sys.stdout.write(f"\nsome jobs' {METRICS_FILE} cannot be read: see {folder / 'report.md'}\n")

@@ -1,5 +1,6 @@
 """What the report shows and how: the metrics with their headers, the keys that never
-separate settings, and the marks for a metric that was not computed or does not apply."""
+separate settings, the noise-floor rows, and the marks for a metric that was not computed,
+does not apply or was not recorded."""
 
 from __future__ import annotations
 
@@ -19,3 +20,9 @@ MARKERS = "osD^vP*X"  # lines that coincide stay visible
 MONTAGE_ROWS = 12  # grids per montage page
 ABSENT = "absent"  # LPIPS not computed (no AlexNet weights): said, never shown as a number
 NOT_APPLICABLE = "-"  # the metric does not exist for this group (e.g. PSNR with attack=none)
+NOT_RECORDED = "not recorded"  # a noise floor that no trial of the table recorded (runs made before it existed)
+UNREADABLE = "unreadable"  # the status of a job whose metrics.json cannot be used
+#: The noise-floor rows under an image table: metrics.json's per-trial ``noise_floor`` key, its
+#: reference and the row's label; and which table column shows which of its scores.
+NOISE_FLOORS: dict[str, str] = {"uniform": "noise floor: uniform", "mean_image": "noise floor: mean image"}
+NOISE_FLOOR_COLUMNS: dict[str, str] = {"psnr_mean": "psnr", "ssim_mean": "ssim"}

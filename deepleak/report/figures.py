@@ -9,6 +9,8 @@ import numpy as np
 
 from deepleak.report.constants import MARKERS, METRICS, MONTAGE_ROWS
 from deepleak.report.groups import Group, _number, _sort_key
+from deepleak.report.noise_floor import noise_floor_rows
+from deepleak.report.stats import Stat
 from deepleak.report.tables import _label
 
 
@@ -22,8 +24,9 @@ def x_key(swept: list[str], groups: list[Group]) -> str | None:
 
 
 def metric_figure(metric: str, swept: list[str], groups: list[Group], path: Path) -> bool:
-    """Plot one metric (mean, error bars = std) against the x key, one line per value of
-    the other swept keys; a bar chart when no swept key is numeric. False if nothing to plot."""
+    """Plot one metric (mean, error bars = the 95 % t interval; none for n = 1) against the x
+    key, one line per value of the other swept keys; a bar chart when no swept key is numeric.
+    PSNR and SSIM get the noise floors' means as dashed lines. False if nothing to plot."""
     from matplotlib.figure import Figure  # noqa: PLC0415 (only the report needs matplotlib)
 
     points = [(g, g.stat(metric)) for g in groups]
@@ -34,13 +37,14 @@ def metric_figure(metric: str, swept: list[str], groups: list[Group], path: Path
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     xk = x_key(swept, groups)
+    others: list[str] = []
     if xk is not None:
         xi = swept.index(xk)
         others = [k for k in swept if k != xk]
         lines: dict[tuple, list] = {}
         for g, stat in points:
             rest = tuple(v for i, v in enumerate(g.values) if i != xi)
-            lines.setdefault(rest, []).append((float(g.values[xi]), stat[0], stat[1]))
+            lines.setdefault(rest, []).append((float(g.values[xi]), stat.mean, _error(stat)))
         ordered = sorted(lines.items(), key=lambda item: tuple(_sort_key(v) for v in item[0]))
         for n, (rest, xs) in enumerate(ordered):
             xs.sort()
@@ -54,20 +58,37 @@ def metric_figure(metric: str, swept: list[str], groups: list[Group], path: Path
             ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
             ax.minorticks_off()
         ax.set_xlabel(xk)
-        if others:
-            ax.legend(fontsize="small")
     else:
         labels = [_label(swept, g.values) for g, _ in points]
-        ax.bar(range(len(points)), [s[0] for _, s in points], yerr=[s[1] for _, s in points], capsize=3)
+        ax.bar(range(len(points)), [s.mean for _, s in points], yerr=[_error(s) for _, s in points], capsize=3)
         ax.set_xticks(range(len(points)), labels, rotation=30 if len(points) > 3 else 0, ha="right"
                       if len(points) > 3 else "center", fontsize="small")
+    floors = _floor_lines(ax, metric, groups)
+    if others or floors:
+        ax.legend(fontsize="small")
     ax.set_ylabel(title)
     if metric.endswith("accuracy"):
         ax.set_ylim(-0.03, 1.03)
-    ax.set_title(f"{title}: mean ± std over trials")
+    ax.set_title(f"{title}: mean over trials, bars = 95% CI")
     ax.grid(alpha=0.3)
     _save(fig, path)
     return True
+
+
+def _error(stat: Stat) -> float:
+    """The interval's half width; NaN (no bar) where it does not exist (n = 1)."""
+    return stat.half_width if stat.half_width is not None else float("nan")
+
+
+def _floor_lines(ax: Any, metric: str, groups: list[Group]) -> bool:
+    """A dashed line at each recorded noise floor's mean (PSNR and SSIM only)."""
+    drawn = False
+    for n, (_, label, cells) in enumerate(noise_floor_rows(groups)):
+        stat = cells.get(metric)
+        if isinstance(stat, Stat):
+            ax.axhline(stat.mean, linestyle="--" if n == 0 else ":", color="grey", linewidth=1, label=label)
+            drawn = True
+    return drawn
 
 
 def montage(swept: list[str], groups: list[Group], folder: Path) -> list[Path]:

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from deepleak.report.constants import ABSENT, IGNORED_KEYS, NOT_APPLICABLE
 from deepleak.report.jobs import Job
+from deepleak.report.stats import Stat, describe, finite_numbers
 
 
 @dataclass
@@ -34,15 +33,13 @@ class Group:
     def seeds(self) -> list[Any]:
         return sorted({job.seed for job in self.jobs if job.seed is not None}, key=_sort_key)
 
-    def stat(self, metric: str) -> tuple[float, float, int] | str:
-        """``(mean, std, n)`` over the pooled trials, ``"absent"`` for LPIPS that was not
-        computed, ``"-"`` for a metric no trial has."""
+    def stat(self, metric: str) -> Stat | str:
+        """Mean, std (ddof = 1) and 95 % interval over the pooled trials (:func:`describe`),
+        ``"absent"`` for LPIPS that was not computed, ``"-"`` for a metric no trial has."""
         records = self.records
-        values = [r[metric] for r in records
-                  if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)
-                  and math.isfinite(r[metric])]
+        values = finite_numbers([r.get(metric) for r in records])
         if values:
-            return float(np.mean(values)), float(np.std(values)), len(values)
+            return describe(values)
         if metric == "lpips_mean" and any("lpips_mean" in r for r in records):
             return ABSENT
         return NOT_APPLICABLE

@@ -1,5 +1,9 @@
 """Reading jobs: every run dir under the given paths, with its status, error, Hydra
-overrides, composed config and ``metrics.json``."""
+overrides, composed config and ``metrics.json``.
+
+A job whose ``metrics.json`` cannot be used (corrupt JSON, missing in a job whose status says
+done, or values of the wrong type) gets the status ``unreadable`` and the reason in
+``Job.unreadable``: its trials are missing, which the report says, never "done" with n = 0."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any, Iterable
 import yaml
 
 from deepleak.errors import DeepleakError
-from deepleak.report.constants import REPORT_NAME
+from deepleak.report.constants import METRICS, REPORT_NAME, UNREADABLE
 from deepleak.runs import ERROR_FILE, METRICS_FILE, STATUS_FILE
 
 log = logging.getLogger(__name__)
@@ -21,7 +25,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    """One run dir: where it is, how it ended, what it was asked for and what it measured."""
+    """One run dir: where it is, how it ended, what it was asked for and what it measured.
+    ``unreadable``: why its metrics.json cannot be used (then ``status`` is ``unreadable``
+    and ``metrics`` None), else None."""
 
     path: Path
     status: str
@@ -30,6 +36,7 @@ class Job:
     choices: dict[str, Any]
     config: dict[str, Any]
     metrics: dict[str, Any] | None
+    unreadable: str | None = None
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -105,13 +112,21 @@ def read_job(path: Path) -> Job:
         lines = error_file.read_text().strip().splitlines()
         error = lines[0].strip() if lines else None
 
-    metrics = None
+    metrics, unreadable = None, None
     if (path / METRICS_FILE).is_file():
         try:
             metrics = json.loads((path / METRICS_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("cannot read %s: %s", path / METRICS_FILE, exc)
-            error = error or f"unreadable {METRICS_FILE}: {exc}"
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            unreadable = f"corrupt JSON: {exc}" if isinstance(exc, ValueError) else f"cannot be read: {exc}"
+        else:
+            unreadable = _wrong_types(metrics)
+    elif status == "done":
+        unreadable = "missing"
+    if unreadable:
+        log.warning("unreadable %s: %s", path / METRICS_FILE, unreadable)
+        if status:
+            unreadable += f"; status file: {status}"
+        metrics, status = None, UNREADABLE
     if not status:
         status = "done" if metrics and metrics.get("trials_done", 0) >= metrics.get("trials", 1) else "unknown"
 
@@ -121,7 +136,43 @@ def read_job(path: Path) -> Job:
     choices = (((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {})
     choices = {k: v for k, v in choices.items() if not k.startswith("hydra/")}
     config = _load_yaml(hydra_dir / "config.yaml") or {}
-    return Job(path, status, error, overrides, choices, config if isinstance(config, dict) else {}, metrics)
+    return Job(path, status, error, overrides, choices, config if isinstance(config, dict) else {}, metrics, unreadable)
+
+
+def _wrong_types(metrics: Any) -> str | None:
+    """Why parsed metrics.json cannot be used (not an object, trial counts that are not
+    integers, per-trial records that are not objects, a reported metric that is neither a
+    number nor null), None when it can."""
+    if not isinstance(metrics, dict):
+        return f"not a JSON object but {_kind(metrics)}"
+    for key in ("trials", "trials_done"):
+        if key in metrics and not _integer(metrics[key]):
+            return f"{key} is {_kind(metrics[key])}, not an integer"
+    records = metrics.get("per_trial")
+    if records is None:
+        return None
+    if not isinstance(records, list):
+        return f"per_trial is {_kind(records)}, not a list"
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            return f"per_trial[{i}] is {_kind(record)}, not an object"
+        for key in METRICS:
+            value = record.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return f"per_trial[{i}].{key} is {_kind(value)}, not a number"
+    return None
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    """``a str ('abc')``: a value's JSON type for a message, with a short excerpt."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    excerpt = json.dumps(value)
+    return f"{names.get(type(value), type(value).__name__)} ({excerpt[:40]}{'...' if len(excerpt) > 40 else ''})"
 
 
 def _numbered(name: str, stem: str) -> bool:

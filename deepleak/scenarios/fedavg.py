@@ -51,7 +51,7 @@ class FedAvg:
         self,
         local_batch_size: int = 2,
         epochs: int = 2,
-        lr: float = 0.0003,
+        lr: float = 0.01,
         bn_mode: str = "train",
         shuffle: bool = True,
         seed: int = 0,

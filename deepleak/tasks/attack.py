@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from deepleak import metrics
@@ -64,6 +65,13 @@ def validate(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
 
 
+def chosen(cfg: DictConfig, group: str) -> str | None:
+    """The option chosen for a config group (``geng_plus`` for attack), None outside a Hydra run."""
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices.get(group)
+    return OmegaConf.select(cfg, f"hydra.runtime.choices.{group}")
+
+
 def requirements(cfg: DictConfig) -> dict[str, tuple[str, ...]]:
     """What the chosen label method and attack need beyond a gradient (their classes'
     ``requires``: "weights", "truth", "snapshots"), for an imported client to check."""
@@ -72,7 +80,7 @@ def requirements(cfg: DictConfig) -> dict[str, tuple[str, ...]]:
     needs = {}
     for group in ("labels", "attack"):
         target = _locate(cfg[group]._target_)
-        needs[f"{group}={OmegaConf.select(cfg, 'hydra.runtime.choices.' + group) or target.__name__}"] = tuple(
+        needs[f"{group}={chosen(cfg, group) or target.__name__}"] = tuple(
             getattr(target, "requires", ()))
     return needs
 
@@ -163,6 +171,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         # The recipe's own fields, and its own scores against the truth (the replay's epoch_psnr).
         record.update(reconstruction.extras)
         record.update(reconstruction.score(private.images.cpu(), scores["permutation"], metrics.psnr))
+        record["noise_floor"] = metrics.noise_floor(private.images.cpu(), seeds["batch"], mean_image(objects))
         if cfg.save_images:
             paired = reconstruction.images[scores["permutation"]]
             record["images"] = [
@@ -177,6 +186,15 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     else:
         log.info("trial %d: label accuracy %.3f (labels only)", trial, record["label_accuracy"])
     return record
+
+
+def mean_image(objects: dict[str, Any]) -> metrics.MeanImage | None:
+    """The data set's mean image for the noise floor, computed on first use and kept in
+    ``objects``; None for an imported update (no data set)."""
+    if "mean_image" not in objects:
+        dataset = objects.get("dataset")
+        objects["mean_image"] = metrics.dataset_mean_image(dataset) if dataset is not None else None
+    return objects["mean_image"]
 
 
 def unscored_record(cfg: DictConfig, trial: int, seeds: dict[str, int], restored: torch.Tensor, label_seconds: float,
@@ -231,6 +249,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and r.get(key) is not None]
         if values:
             summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+    summary.update(metrics.noise_floor_summary(records))
     return summary
 
 
@@ -251,6 +270,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "oracle_labels": isinstance(objects["labels"], RevealsTruth),
         "wrong_labels": objects["wrong_labels"],
         "attack": OmegaConf.select(cfg, "attack._target_"),
+        "recipe": chosen(cfg, "attack"),  # the attack option that ran (geng, geng_plus, ...)
         "dataset": client.source if client else type(objects["dataset"]).__name__,
         "num_classes": client.num_classes if client else objects["dataset"].num_classes,
         "image_shape": list(client.image_shape if client else objects["dataset"].image_shape),

@@ -1,4 +1,6 @@
-"""Image reconstruction on tiny real cases, with real PSNR bars."""
+"""Image reconstruction on tiny real cases, with real PSNR bars: each >= 10 dB above its
+case's noise floor (crafted.noise_floor_psnr: the better of uniform noise and the sample
+set's mean image against the same private image)."""
 
 import functools
 import math
@@ -14,14 +16,16 @@ from deepleak.errors import DeepleakError
 from deepleak.labels import ZeroShot
 from deepleak.metrics import psnr
 
-from crafted import lbfgs, observe
+from crafted import lbfgs, noise_floor_psnr, observe
 
 
 def test_batch_of_one_is_recovered_above_30_db():
+    """Measured 40.0 dB; the floor is 10.6 dB (the sample set's mean image; noise 7.0 dB)."""
     observation, images, labels = observe(1)
     restored = ZeroShot().restore(observation)
     assert restored.tolist() == labels.tolist()
     result = lbfgs(60).reconstruct(observation, restored)
+    assert noise_floor_psnr(images) + 10 <= 30
     assert psnr(result.images, images)[0] > 30
     assert result.gradient_distance < 1e-3
     assert result.iterations == 60 and result.evaluations > 60
@@ -49,17 +53,19 @@ def test_divergence_is_caught_and_flagged():
 
 
 def test_ig_recipe_runs_with_signed_adam_and_step_decay():
-    observation, images, labels = observe(1)
+    """At 16 px: cosine matching discards the gradient's scale and is far weaker than L2 on
+    DLG's LeNet; 400 steps reach 28.5 dB at 16 px (at 32 px only 11.5 dB, 0.9 dB above that
+    image's floor). The floor here is 11.0 dB (the sample set's mean image; noise 7.0 dB)."""
+    observation, images, labels = observe(1, resolution=16)
     attack = GradientMatching(
         Cosine(), functools.partial(torch.optim.Adam, lr=0.01), priors={"tv": TotalVariation(1e-4)},
         scheduler=step_decay, iterations=400, signed=True, box=True,
     )
     result = attack.reconstruct(observation, labels)
     assert 0 <= result.images.min() and result.images.max() <= 1
-    assert result.gradient_distance < 1e-2
-    # Cosine matching on DLG's LeNet is far weaker than L2 (it discards the gradient's
-    # scale); uniform noise scores about 8 dB against these images.
-    assert psnr(result.images, images)[0] > 11
+    assert result.gradient_distance < 1e-3
+    assert noise_floor_psnr(images) + 10 <= 22
+    assert psnr(result.images, images)[0] > 22
 
 
 def test_budget_stops_cleanly():

@@ -23,7 +23,9 @@ from deepleak.metrics import psnr
 from deepleak.models import LeNet, ResNet18
 from deepleak.scenarios import FedSGD, PrivateBatch
 
-RECIPES = ["geng", "dlg", "ig", "gradinversion", "fedavg_replay", "fedavg_snapshots"]
+from crafted import noise_floor_psnr
+
+RECIPES = ["geng", "geng_plus", "dlg", "ig", "gradinversion", "fedavg_replay", "fedavg_snapshots"]
 PART = {folder: {p.stem: OmegaConf.load(p) for p in (Path(config_dir()) / "attack" / folder).glob("*.yaml")}
         for folder in ("optimizer", "distance", "prior", "scheduler", "group")}
 
@@ -54,16 +56,21 @@ def test_recipes_take_their_parts_from_the_part_files(compose, recipe):
     text = (Path(config_dir()) / "attack" / f"{recipe}.yaml").read_text()
     assert "torch.optim" not in text and "deepleak.attacks.parts.distance" not in text  # no copies
     kind = "adam" if cfg.attack.optimizer._target_ == "torch.optim.Adam" else "lbfgs"
-    assert cfg.attack.optimizer == PART["optimizer"][kind]
+    own = OmegaConf.load(Path(config_dir()) / "attack" / f"{recipe}.yaml").get("optimizer", {})  # values it sets
+    assert cfg.attack.optimizer == OmegaConf.merge(PART["optimizer"][kind], own)
     assert cfg.attack.distance._target_ == PART["distance"]["cosine" if recipe == "ig" else "l2"]._target_
 
 
-def test_geng_and_ig_values_are_those_of_the_paper_recipes(compose):
-    geng, ig = compose("attack=geng").attack, compose("attack=ig").attack
-    assert OmegaConf.to_container(geng.optimizer) == {
-        "_target_": "torch.optim.LBFGS", "_partial_": True, "lr": 1.0, "max_iter": 20, "history_size": 100,
-        "line_search_fn": "strong_wolfe"}
-    assert geng.priors.tv.weight == 1e-6 and geng.iterations == 100 and geng.box is False
+def test_geng_geng_plus_and_ig_values(compose):
+    """geng: the authors' code (L-BFGS lr 0.1, no line search); geng_plus, the default: lr 1 with
+    a strong-Wolfe line search for 100 steps; ig: the paper's recipe."""
+    geng, plus, ig = compose("attack=geng").attack, compose("attack=geng_plus").attack, compose("attack=ig").attack
+    lbfgs = {"_target_": "torch.optim.LBFGS", "_partial_": True, "max_iter": 20, "history_size": 100}
+    assert OmegaConf.to_container(geng.optimizer) == {**lbfgs, "lr": 0.1, "line_search_fn": None}
+    assert OmegaConf.to_container(plus.optimizer) == {**lbfgs, "lr": 1.0, "line_search_fn": "strong_wolfe"}
+    assert plus.priors.tv.weight == geng.priors.tv.weight == 1e-6 and plus.box is False and geng.box is False
+    assert plus.iterations == 100 and geng.iterations > plus.iterations
+    assert compose().attack == plus  # the default
     assert OmegaConf.to_container(ig.optimizer) == {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.1}
     assert ig.priors.tv.weight == 1e-4 and ig.scheduler.gamma == 0.1
     assert (ig.iterations, ig.restarts, ig.signed, ig.box) == (2000, 2, True, True)
@@ -306,6 +313,8 @@ def test_dlg_optimises_soft_labels_and_ignores_the_restored_ones():
     result = attack.reconstruct(observation, wrong)
     assert result.labels_from_attack
     assert result.labels.tolist() == labels.tolist()  # its own argmax, not the wrong input
+    # measured 31.6 dB; the floor is 10.6 dB (the sample set's mean image; noise 7.0 dB)
+    assert noise_floor_psnr(images) + 10 <= 25
     assert psnr(result.images, images)[0] > 25
     assert result.gradient_distance < 1e-3
 
@@ -363,7 +372,9 @@ def test_budget_run_stops_in_time_and_writes_the_best_reconstruction(deepleak, t
     assert 1 <= len(distances) < 1000
     assert trial["gradient_distance"] == min(distances)
     assert trial["best_restart"] == distances.index(min(distances))
-    assert all(math.isfinite(value) for value in trial["psnr"]) and trial["psnr_mean"] > 8
+    # No PSNR bar: 3 s of 5-step restarts on the default batch of 4 reach 9.9 dB, below that
+    # batch's floor (12.3 dB, the sample set's mean image); this test is about the budget.
+    assert all(math.isfinite(value) for value in trial["psnr"])
     assert (run_dir / "images" / "trial_000" / "grid.png").is_file()
 
 

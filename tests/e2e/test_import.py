@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from deepleak.data import SampleDataset
+
+from crafted import noise_floor_psnr
 from imported_client import edit_manifest, write_client
 
 CLIENT_NETS = '''
@@ -86,7 +89,9 @@ def test_a_plain_pytorch_clients_gradient_is_attacked(deepleak, tmp_path, client
     assert metrics["dataset"] == f"imported:{root.resolve()}"
     assert metrics["num_classes"] == 10 and metrics["image_shape"] == [3, 16, 16] and metrics["batch_size"] == 2
     assert trial["restored_labels"] == sorted(labels) and trial["label_accuracy"] == 1.0
-    assert trial["psnr_mean"] >= 20, trial["psnr"]
+    # measured 70.7 dB after 20 steps; the floor is 13.7 dB (the sample set's mean image)
+    assert noise_floor_psnr(images) + 10 <= 30
+    assert trial["psnr_mean"] >= 30, trial["psnr"]
     assert metrics["update_regeneration"]["cosine"] > 0.9999
     threat = metrics["threat_model"]
     assert threat["client"] == "imported" and threat["update"] == "gradient"
@@ -208,7 +213,8 @@ def test_the_threat_model_of_simulated_runs(deepleak, tmp_path):
     threat = json.loads((run_dir(cwd) / "metrics.json").read_text())["threat_model"]
     assert threat["update"] == "weights" and threat["client"] == "simulated"
     assert threat["step_labels_leaked"] is True and threat["snapshots_shared"] is False
-    assert threat["recipe_known"] == {"num_examples": 4, "local_batch_size": 2, "local_epochs": 2, "lr": 0.0003,
+    lr = yaml.safe_load((run_dir(cwd) / ".hydra" / "config.yaml").read_text())["scenario"]["lr"]  # the default's
+    assert threat["recipe_known"] == {"num_examples": 4, "local_batch_size": 2, "local_epochs": 2, "lr": lr,
                                       "bn_mode": "train", "loss": "mean cross-entropy", "num_classes": 10,
                                       "image_shape": [3, 32, 32]}
     assert threat["defence"] == {"name": "none"} and threat["truth_for_scoring"] is True

@@ -1,4 +1,5 @@
-"""deepleak report: grouping, mean ± std, failed jobs, files, no overwrite (fake job dirs)."""
+"""deepleak report: grouping, mean ± std [95% CI], failed and unreadable jobs, the noise floor,
+files, no overwrite (fake job dirs)."""
 
 import csv
 import json
@@ -18,8 +19,9 @@ ABSENT_REASON = "LPIPS absent: AlexNet weights not found"
 def make_job(folder: Path, overrides: list[str], *, status: str = "done", seed: int = 0,
              psnr: list[float] | None = None, label_accuracy: list[float] | None = None,
              error: str | None = None, choices: dict | None = None, config: dict | None = None,
-             grid: bool = True) -> Path:
-    """A job dir as `deepleak attack` leaves it, written by hand (no attack runs)."""
+             grid: bool = True, noise_floor: list[dict | None] | None = None) -> Path:
+    """A job dir as `deepleak attack` leaves it, written by hand (no attack runs).
+    ``noise_floor``: each trial's ``noise_floor`` record (none: a run made before it existed)."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config or {"seed": seed, "batch_size": 4}))
@@ -34,6 +36,8 @@ def make_job(folder: Path, overrides: list[str], *, status: str = "done", seed: 
             record = {"trial": i, "label_accuracy": acc, "count_accuracy": 1.0}
             if psnr is not None:
                 record.update(psnr_mean=psnr[i], ssim_mean=0.5, lpips_mean=None, lpips_absent_reason=ABSENT_REASON)
+            if noise_floor is not None:
+                record["noise_floor"] = noise_floor[i]
             records.append(record)
         metrics = {"scenario": "fedsgd", "seed": seed, "trials": len(records), "trials_done": len(records),
                    "summary": {}, "per_trial": records}
@@ -63,9 +67,11 @@ def sweep(tmp_path):
     return root
 
 
-def read_csv(folder: Path) -> list[dict[str, str]]:
+def read_csv(folder: Path, floors: bool = False) -> list[dict[str, str]]:
+    """report.csv's rows: the groups', or with ``floors`` the noise-floor rows only."""
     with open(folder / "report.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+        rows = list(csv.DictReader(handle))
+    return [r for r in rows if bool(r.get("reference")) == floors]
 
 
 def test_groups_and_mean_std(sweep):
@@ -79,12 +85,18 @@ def test_groups_and_mean_std(sweep):
     pooled = rows[1]  # (2, unique): seeds 0 and 1 pooled, three trials
     assert pooled["n"] == "3" and pooled["seeds"] == "0 1" and pooled["jobs"] == "2"
     assert float(pooled["psnr_mean_mean"]) == pytest.approx(24.0)
-    assert float(pooled["psnr_mean_std"]) == pytest.approx(np.std([20.0, 22.0, 30.0]))  # ddof=0
+    assert float(pooled["psnr_mean_std"]) == pytest.approx(np.std([20.0, 22.0, 30.0], ddof=1))
+    # t(0.975, 2) = 4.302653: 24 ± 4.302653 * 5.291503 / sqrt(3)
+    assert float(pooled["psnr_mean_ci_low"]) == pytest.approx(10.855179, abs=1e-6)
+    assert float(pooled["psnr_mean_ci_high"]) == pytest.approx(37.144821, abs=1e-6)
+    assert pooled["psnr_mean_n"] == "3"
     assert float(pooled["label_accuracy_mean"]) == pytest.approx(2 / 3)
-    assert float(rows[3]["label_accuracy_std"]) == pytest.approx(0.25)
+    assert float(rows[3]["label_accuracy_std"]) == pytest.approx(np.sqrt(0.125))
     assert rows[3]["lpips_mean_mean"] == "absent"
     md = (folder / "report.md").read_text()
-    assert "| 2 | unique | 3 | 0,1 | 2 done | 0.667 ± 0.471 | 1.000 ± 0.000 | 24.00 ± 4.32 | 0.500 ± 0.000 | absent |" in md
+    assert ("| 2 | unique | 3 | 0,1 | 2 done | 0.667 ± 0.577 [-0.768, 2.101] | 1.000 ± 0.000 [1.000, 1.000] "
+            "| 24.00 ± 5.29 [10.86, 37.14] | 0.500 ± 0.000 [0.500, 0.500] | absent |") in md
+    assert "Each cell: mean ± std [95% CI] over the n trials" in md and "ddof = 1" in md
     assert "Fixed: `scenario=fedsgd`" in md
     assert ABSENT_REASON in md
 
@@ -159,10 +171,13 @@ def test_value_missing_from_overrides_comes_from_config(tmp_path):
 def test_tex_is_a_booktabs_tabular(sweep):
     tex = (rep.report([sweep]) / "report.tex").read_text()
     lines = tex.splitlines()
-    assert lines[0] == r"\begin{tabular}{llrrrrrr}" and lines[-1] == r"\end{tabular}"
+    assert lines[0].startswith("% cells: $mean \\pm std$ [95% CI]")
+    assert lines[1] == r"\begin{tabular}{llrrrrrr}" and lines[-1] == r"\end{tabular}"
     assert r"\toprule" in lines and r"\midrule" in lines and r"\bottomrule" in lines
     assert r"batch\_size & distribution & $n$" in tex
-    assert r"2 & unique & 3 & $0.667 \pm 0.471$" in tex
+    assert r"2 & unique & 3 & $0.667 \pm 0.577$ [-0.768, 2.101]" in tex
+    assert r"2 & random & 2 & $1.000 \pm 0.000$ [1.000, 1.000]" in tex
+    assert r"noise floor: uniform &  &  & -- & -- & not recorded & not recorded & -- \\" in tex
 
 
 def test_cli_main(sweep, capsys):
@@ -192,7 +207,10 @@ def test_report_of_a_real_sweep(deepleak, tmp_path):
     assert [(r["batch_size"], r["n"], r["done"]) for r in rows] == [("1", "2", "1"), ("2", "2", "1")]
     summary = json.loads((sweep / "1" / "metrics.json").read_text())["summary"]["psnr_mean"]
     assert float(rows[1]["psnr_mean_mean"]) == pytest.approx(summary["mean"])
-    assert float(rows[1]["psnr_mean_std"]) == pytest.approx(summary["std"])
+    assert float(rows[1]["psnr_mean_std"]) == pytest.approx(summary["std"] * np.sqrt(2))  # summary: ddof 0, n 2
+    floors = read_csv(folder, floors=True)  # every real run records its noise floor
+    assert [r["reference"] for r in floors] == ["uniform", "mean_image"]
+    assert all(r["n"] == "4" and 0 < float(r["psnr_mean_mean"]) < 100 for r in floors)
     assert (folder / "montage.png").stat().st_size > 1000
 
 
@@ -210,3 +228,117 @@ def test_attempts_moved_aside_by_resume_are_not_jobs(tmp_path):
     (job / "previous-1" / "metrics.json").write_text(json.dumps({"trials": 2, "trials_done": 1, "per_trial": [{"label_accuracy": 0.0}]}))
     rows = read_csv(rep.report([tmp_path]))
     assert [(r["n"], r["label_accuracy_mean"]) for r in rows] == [("2", "1.0")]
+
+
+# --------------------------------------------------------------------------- unreadable jobs
+
+@pytest.mark.parametrize("content, reason", [
+    ('{"per_trial": [', "corrupt JSON: Expecting value: line 1 column 16 (char 15); status file: done"),
+    (None, "missing; status file: done"),
+    ('[1, 2]', "not a JSON object but a list ([1, 2]); status file: done"),
+    ('{"trials": 2, "trials_done": "2", "per_trial": []}', 'trials_done is a string ("2"), not an integer; status file: done'),
+    ('{"per_trial": "none"}', 'per_trial is a string ("none"), not a list; status file: done'),
+    ('{"per_trial": [{"psnr_mean": "12.0"}]}', 'per_trial[0].psnr_mean is a string ("12.0"), not a number; status file: done'),
+])
+def test_unreadable_metrics_are_shown_as_unreadable(tmp_path, capsys, content, reason):
+    make_job(tmp_path / "0", ["batch_size=2"], psnr=[10.0, 12.0], label_accuracy=[1.0, 1.0], grid=False)
+    job = make_job(tmp_path / "1", ["batch_size=4"], psnr=[10.0, 12.0], label_accuracy=[1.0, 1.0], grid=False)
+    if content is None:
+        (job / "metrics.json").unlink()
+    else:
+        (job / "metrics.json").write_text(content)
+    folder = rep.report([tmp_path])  # still builds
+    md = (folder / "report.md").read_text()
+    assert "2 jobs (1 done, 1 unreadable) in 2 settings" in md
+    assert "| 4 | 0 | 1 unreadable | - | - | - | - | - |" in md  # not "1 done" with n = 0
+    table_end = md.index("\n\n", md.index("| batch_size |"))
+    note = md[table_end:]
+    assert note.startswith("\n\nUnreadable (1 job; their trials are missing from the table):\n\n")
+    assert f"- `../1/metrics.json`: {reason}\n" in note
+    assert "## Jobs not done" not in md  # named once, in the note
+    (row,) = [r for r in read_csv(folder) if r["batch_size"] == "4"]
+    assert (row["n"], row["done"], row["unreadable"], row["other"]) == ("0", "0", "1", "0")
+    rep.main([str(tmp_path)])
+    assert "metrics.json cannot be read: see" in capsys.readouterr().out
+
+
+def test_missing_metrics_of_a_failed_job_is_not_unreadable(sweep):
+    job = rep.read_job(sweep / "4")  # failed before its first trial: no metrics.json
+    assert (job.status, job.unreadable) == ("failed", None)
+
+
+# --------------------------------------------------------------------------- n = 1 and partial n
+
+def test_single_trial_cells_say_n_1_not_std_0(tmp_path):
+    make_job(tmp_path / "a", ["batch_size=1"], psnr=[27.47], label_accuracy=[1.0], grid=False)
+    make_job(tmp_path / "b", ["batch_size=2"], psnr=[20.0, float("nan"), 24.0], label_accuracy=[1.0, 0.5, 0.0],
+             grid=False)
+    folder = rep.report([tmp_path])
+    md = (folder / "report.md").read_text()
+    assert "| 1 | 1 | 1 done | 1.000 (n = 1) | 1.000 (n = 1) | 27.47 (n = 1) | 0.500 (n = 1) | absent |" in md
+    assert "| 2 | 3 | 1 done | 0.500 ± 0.500 [-0.742, 1.742] |" in md
+    assert "| 22.00 ± 2.83 [-3.41, 47.41] (n = 2) |" in md  # NaN PSNR: 2 of 3 trials
+    one = read_csv(folder)[0]
+    assert (one["psnr_mean_mean"], one["psnr_mean_std"], one["psnr_mean_ci_low"], one["psnr_mean_n"]) == ("27.47", "", "", "1")
+    assert r"$27.47$ ($n = 1$)" in (folder / "report.tex").read_text()
+    assert (folder / "fig_psnr_mean.png").stat().st_size > 1000  # no error bar for n = 1
+
+
+def test_nothing_swept_has_a_setting_column(tmp_path):
+    make_job(tmp_path / "a", ["batch_size=1"], psnr=[10.0, 12.0], label_accuracy=[1.0, 1.0], grid=False)
+    md = (rep.report([tmp_path]) / "report.md").read_text()
+    assert "| setting | n | jobs | label acc." in md and "| all jobs | 2 | 1 done |" in md
+    assert "| noise floor: uniform |  |  | - | - | not recorded | not recorded | - |" in md  # label, n, jobs
+
+
+# --------------------------------------------------------------------------- noise floor
+
+def floor(uniform_psnr, mean_psnr, uniform_ssim=0.01, mean_ssim=0.2):
+    return {"uniform": {"psnr": uniform_psnr, "ssim": uniform_ssim},
+            "mean_image": None if mean_psnr is None else {"psnr": mean_psnr, "ssim": mean_ssim},
+            "mean_image_over": None if mean_psnr is None else 256, "seconds": 0.001}
+
+
+def test_noise_floor_rows_pool_every_trial_of_the_table(tmp_path):
+    make_job(tmp_path / "a", ["batch_size=1"], psnr=[20.0, 22.0], label_accuracy=[1.0, 1.0], grid=False,
+             noise_floor=[floor(7.0, 12.0), floor(8.0, 13.0)])
+    make_job(tmp_path / "b", ["batch_size=2"], psnr=[15.0, 16.0], label_accuracy=[1.0, 1.0], grid=False,
+             noise_floor=[floor(9.0, 14.0, 0.03, 0.4), floor(8.0, 13.0, 0.02, 0.3)])
+    make_job(tmp_path / "c", ["batch_size=4"], psnr=[14.0], label_accuracy=[1.0], grid=False)  # an old run
+    folder = rep.report([tmp_path])
+    md = (folder / "report.md").read_text()
+    lines = md.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    # uniform PSNR 7, 8, 9, 8: mean 8, std 0.8165, t(0.975, 3) = 3.1824 -> 8 ± 1.2992
+    # mean image PSNR 12, 13, 14, 13 (mean 13, the same spread); SSIM 0.01, 0.01, 0.03, 0.02
+    # (0.0175 ± 0.009574 -> [0.002266, 0.032734]) and 0.2, 0.2, 0.4, 0.3 (0.275 ± 0.095743)
+    assert table[-2:] == [
+        "| noise floor: uniform | 4 |  | - | - | 8.00 ± 0.82 [6.70, 9.30] | 0.018 ± 0.010 [0.002, 0.033] | - |",
+        "| noise floor: mean image | 4 |  | - | - | 13.00 ± 0.82 [11.70, 14.30] | 0.275 ± 0.096 [0.123, 0.427] | - |",
+    ]  # the columns: batch_size (the label), n, jobs (blank), then the metrics
+    assert "Noise floor: the PSNR/SSIM of uniform noise and of the data set's mean image" in md
+    uniform, mean_image = read_csv(folder, floors=True)
+    assert (uniform["reference"], uniform["n"], uniform["batch_size"], uniform["label_accuracy_mean"]) == (
+        "uniform", "4", "", "")
+    assert float(uniform["psnr_mean_mean"]) == 8.0
+    assert float(uniform["psnr_mean_std"]) == pytest.approx(0.8164966, abs=1e-7)
+    assert float(uniform["psnr_mean_ci_low"]) == pytest.approx(8 - 3.1824463 * 0.8164966 / 2, abs=1e-6)
+    assert float(mean_image["ssim_mean_mean"]) == pytest.approx(0.275)
+    tex = (folder / "report.tex").read_text()
+    assert "\\midrule\nnoise floor: uniform & 4 & -- & -- & $8.00 \\pm 0.82$ [6.70, 9.30]" in tex
+
+
+def test_noise_floor_not_recorded_and_no_mean_image(tmp_path):
+    make_job(tmp_path / "a", ["batch_size=1"], psnr=[20.0, 22.0], label_accuracy=[1.0, 1.0], grid=False,
+             noise_floor=[floor(7.0, None), floor(8.0, None)])  # an imported update: no data set
+    md = (rep.report([tmp_path]) / "report.md").read_text()
+    assert "| noise floor: uniform | 2 |  | - | - | 7.50 ± 0.71 [1.15, 13.85] | 0.010 ± 0.000 [0.010, 0.010] | - |" in md
+    assert "| noise floor: mean image |  |  | - | - | - | - | - |" in md
+
+
+def test_labels_only_table_has_no_noise_floor_rows(tmp_path):
+    make_job(tmp_path / "a", ["attack=none", "distribution=unique"], label_accuracy=[1.0, 0.5])
+    make_job(tmp_path / "b", ["attack=none", "distribution=one_class"], label_accuracy=[1.0])
+    folder = rep.report([tmp_path])
+    assert "noise floor" not in (folder / "report.md").read_text().lower()
+    assert "reference" not in (folder / "report.csv").read_text()

@@ -12,6 +12,9 @@ import pytest
 import torch
 import yaml
 
+from crafted import noise_floor_psnr
+from imported_client import read_png
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 SCRIPT = SCRIPTS / "export_pytorch_update.py"
 
@@ -69,7 +72,9 @@ def test_a_bad_argument_is_refused(tmp_path):
 @pytest.mark.parametrize("kind", ["gradient", "weights"])
 def test_deepleak_attacks_what_the_script_wrote(deepleak, tmp_path, written, monkeypatch, kind):
     """The issue's acceptance case: a plain-PyTorch client with its own model class (importable
-    from PYTHONPATH), normalisation and images; labels exact at batch 2, PSNR >= 20 dB."""
+    from PYTHONPATH), normalisation and images; labels exact at batch 2, PSNR >= 30 dB (measured
+    46.5 dB from the gradient, 45.7 dB from the weights; the floor is 14.8 dB, the sample set's
+    mean image against the script's photos)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")])))
     result = deepleak("attack", "+scenario=imported", f"scenario.path={written / kind}", "attack.iterations=50",
                       "hydra.run.dir=run")
@@ -81,4 +86,6 @@ def test_deepleak_attacks_what_the_script_wrote(deepleak, tmp_path, written, mon
     record = metrics["per_trial"][0]
     print(f"{kind}: restored {record['restored_labels']}, PSNR {record['psnr_mean']:.2f} dB")
     assert record["restored_labels"] == [3, 7]
-    assert record["psnr_mean"] >= 20.0
+    truth = torch.stack([read_png(path) for path in sorted((written / kind / "truth").glob("*.png"))])
+    assert noise_floor_psnr(truth) + 10 <= 30
+    assert record["psnr_mean"] >= 30.0

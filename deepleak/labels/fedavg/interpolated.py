@@ -20,7 +20,10 @@ from deepleak.scenarios.base import Observation
 class Interpolated:
     """Per-step interpolated counts (Dimitrov et al.) around any count-based label method.
 
-    - ``base``: the label method (default zero-shot); it must have ``counts(observation)``.
+    - ``base``: the label method (default: the paper's zero-shot, :class:`ZeroShot`); it must have
+      ``counts(observation)``. The ``statistics`` route reads only its dummy statistics, which
+      :class:`~deepleak.labels.ZeroShotPlus` shares; its counts matter for ``weights``, ``end=simulated``
+      and FedSGD observations.
     - ``interpolate``: ``statistics`` (the paper's: the base's dummy statistics O, p at the start
       and end models, linearly interpolated over the T steps; needs ``base.dummy_statistics``)
       or ``weights`` (the base's counts at T models on the straight line from W_0 to the end

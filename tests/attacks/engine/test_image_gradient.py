@@ -19,7 +19,7 @@ from deepleak.metrics import psnr
 from deepleak.models import LeNet, ResNet18, ResNet18ImageNet
 from deepleak.scenarios.recipe import set_bn_mode
 
-from crafted import lbfgs, observe
+from crafted import lbfgs, noise_floor_psnr, observe
 
 
 def cosine(a, b):
@@ -186,7 +186,8 @@ def test_the_whole_step_matches_the_exact_one_with_priors_group_and_bn(scheme, s
 
 
 def test_reconstructs_as_well_as_the_exact_route():
-    """LeNet (sigmoid), one real sample-set image, L-BFGS: both routes pass 30 dB, within 1 dB."""
+    """LeNet (sigmoid), one real sample-set image, L-BFGS: both routes pass 30 dB, within 1 dB
+    (measured 31.7 and 31.2 dB; the floor is 10.6 dB, the sample set's mean image)."""
     observation, images, labels = observe(1)
     scores = {}
     for route in (DoubleBackward(), FiniteDifference()):
@@ -196,16 +197,19 @@ def test_reconstructs_as_well_as_the_exact_route():
             assert result.extras["image_gradient_agreement"] > 0.999
         else:
             assert "image_gradient_agreement" not in result.extras
+    assert noise_floor_psnr(images) + 10 <= 30
     assert scores["finite_difference"] > 30 and scores["double_backward"] > 30
     assert abs(scores["finite_difference"] - scores["double_backward"]) < 1.0, scores
 
 
 def test_dlg_runs_with_finite_differences():
+    """30 steps: measured 27.4 dB (20 steps: 23.2); the floor is 10.6 dB (the sample set's mean image)."""
     observation, images, labels = observe(1)
     optimizer = functools.partial(torch.optim.LBFGS, lr=1.0, max_iter=20, history_size=100, line_search_fn="strong_wolfe")
-    result = DLG(L2(), optimizer, iterations=20, box=False, image_gradient=FiniteDifference()).reconstruct(observation, labels)
+    result = DLG(L2(), optimizer, iterations=30, box=False, image_gradient=FiniteDifference()).reconstruct(observation, labels)
     assert result.labels.tolist() == labels.tolist()
-    assert psnr(result.images, images)[0] > 20
+    assert noise_floor_psnr(images) + 10 <= 22
+    assert psnr(result.images, images)[0] > 22
 
 
 def test_refusals_and_bad_settings():
