@@ -12,8 +12,8 @@ Checked against the authors' code (jiahuigeng/GeneralDeepLeakage, ``attack_fedsg
 ``gdlg`` branch): ``label_p = sum_p - (bs / sum_o) * tmp_min`` with ``tmp_min`` the row sums of
 the weight gradient, ``sum_p`` the softmax summed over the dummies and ``sum_o`` the dummies'
 mean feature sum; then their rounding. Their dummies are ``torch.rand`` like the batch, so
-there are K of them and ``sum_p`` = K p_hat; here ``num_dummies`` (64) uniform dummies give
-p_hat, and K p_hat is the same estimate with less sampling noise.
+there are K of them and ``sum_p`` = K p_hat: ``num_dummies=None`` (the default) does the same;
+deepleak's variant (zeroshot_plus) uses 64 whatever K.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from deepleak.scenarios.base import Observation
 
 
 class ZeroShot:
-    """The paper's zero-shot method: ``num_dummies`` dummy inputs drawn as ``dummy``
-    ('uniform' in [0,1] or 'gaussian' around 0.5) give O_hat and p_hat; the counts
+    """The paper's zero-shot method: ``num_dummies`` dummy inputs (None: K, as the authors'
+    code) drawn as ``dummy`` ('uniform' in [0,1] or 'gaussian' around 0.5) give O_hat and p_hat; the counts
     K p_hat - K S / O_hat are rounded to K labels by ``rounding`` (see counts_to_labels)."""
 
     name = "zeroshot"
 
-    def __init__(self, num_dummies: int = 64, dummy: str = "uniform", rounding: str = "geng", seed: int = 0) -> None:
-        if num_dummies < 1:
+    def __init__(self, num_dummies: int | None = None, dummy: str = "uniform", rounding: str = "geng", seed: int = 0) -> None:
+        if num_dummies is not None and num_dummies < 1:
             raise DeepleakError(f"labels.num_dummies must be >= 1, got {num_dummies}")
         if dummy not in ("uniform", "gaussian"):
             raise DeepleakError(f"labels.dummy must be uniform or gaussian, got {dummy!r}")
@@ -53,7 +53,8 @@ class ZeroShot:
 
     def dummy_outputs(self, observation: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         """Penultimate features (D, M) and softmax (D, N) of the D = num_dummies dummy inputs."""
-        images = dummy_images(observation, self.num_dummies, self.seed, self.dummy)
+        count = self.num_dummies or observation.recipe.num_samples
+        images = dummy_images(observation, count, self.seed, self.dummy)
         features, logits = probe(observation, images)
         # The count formula assumes O_k >= 0 (ReLU or sigmoid heads); tanh/SELU/GELU break it.
         require_nonnegative_features(self.name, observation, features)

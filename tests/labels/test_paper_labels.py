@@ -1,4 +1,5 @@
-"""The zero-shot figure of the spine issue, through the same task code the CLI runs:
+"""The zero-shot figure of the spine issue with the default labels (zeroshot_plus, deepleak's
+variant), through the same task code the CLI runs:
 `deepleak attack attack=none batch_size=16 dataset.num_classes=20 model.width=12
 distribution=one_class_r distribution.r=R trials=50`."""
 

@@ -9,7 +9,7 @@ import torch
 from deepleak import metrics
 from deepleak.config import make
 from deepleak.labels import GradInversion, ZeroShot, ZeroShotPlus
-from deepleak.labels.base import counts_to_labels, geng_rounding
+from deepleak.labels.base import CountingLabelMethod, DummyStatistics, counts_to_labels, geng_rounding
 from deepleak.labels.fedavg import Interpolated
 from deepleak.models import build_model
 from deepleak.runtime import trial_seeds
@@ -23,11 +23,12 @@ from crafted import LENET_CFG, closed_form_observation, constant_feature_lenet, 
 # --------------------------------------------------------------------------- the reference
 
 
-def paper_counts(model, weight_gradient, k, num_dummies=64, seed=0, image_shape=(3, 32, 32)):
+def paper_counts(model, weight_gradient, k, num_dummies=None, seed=0, image_shape=(3, 32, 32)):
     """Geng et al.'s lambda_hat_n = K p_hat_n - K S_n / O_hat, written out: O_hat and p_hat from
     ``num_dummies`` uniform dummy images (the generator seeded with ``seed``), S_n the row sums of
-    the classifier's weight gradient (the bias gradient is not an argument)."""
-    dummies = torch.rand((num_dummies, *image_shape), generator=torch.Generator().manual_seed(seed))
+    the classifier's weight gradient (the bias gradient is not an argument). None: K dummies,
+    like the batch, as the authors' code draws them."""
+    dummies = torch.rand((num_dummies or k, *image_shape), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         features = model.body(dummies)
         p = torch.softmax(model.fc(features), dim=1)
@@ -136,8 +137,8 @@ def test_zeroshot_is_the_papers_formula_and_rounding(name):
     # Only the weight gradient is read: a different bias gradient changes nothing.
     other = observation_from(model, weight_gradient, obs.gradient[-1] + 0.01, k, classes)
     assert torch.equal(ZeroShot().counts(other), counts)
-    # deepleak's variant with both refinements off gives the paper's counts.
-    assert torch.equal(ZeroShotPlus(renormalise=False, refine=False).counts(obs), counts)
+    # deepleak's variant with both refinements off gives the paper's counts from its 64 dummies.
+    assert torch.equal(ZeroShotPlus(renormalise=False, refine=False).counts(obs), ZeroShot(num_dummies=64).counts(obs))
 
 
 def test_zeroshot_settings_reach_the_formula():
@@ -177,12 +178,15 @@ def test_default_and_fedavg_configs_name_the_right_zeroshot(compose):
     assert (plus.name, plus.renormalise, plus.refine, plus.rounding) == ("zeroshot_plus", True, True, "largest_remainder")
     interpolated = make(compose("labels=fedavg_interpolated").labels)  # Dimitrov et al.'s: the paper's base
     assert type(interpolated.base) is ZeroShot and type(Interpolated().base) is ZeroShot
+    for method in (ZeroShot(), plus):  # what the FedAvg methods require of a zero-shot base
+        assert isinstance(method, DummyStatistics) and isinstance(method, CountingLabelMethod)
+    Interpolated(base=plus)  # accepted for interpolate=statistics
 
 
 # --------------------------------------------------------------------------- GradInversion
 
 
-@pytest.mark.parametrize("duplicates", range(0, 9))
+@pytest.mark.parametrize("duplicates", range(9))
 def test_gradinversion_loses_one_label_per_duplicate(duplicates):
     """Batch 16, one class 1 + d times: GradInversion never repeats a label, so it gets at most
     16 - d right. Where every present class's row is negative (constant features and a zero
