@@ -62,14 +62,15 @@ def test_recipes_take_their_parts_from_the_part_files(compose, recipe):
 
 
 def test_geng_geng_plus_and_ig_values(compose):
-    """geng: the authors' code (L-BFGS lr 0.1, no line search); geng_plus, the default: lr 1 with
+    """geng: the authors' code (L-BFGS lr 0.1, no line search, TV 200, 600 steps); geng_plus, the default: lr 1 with
     a strong-Wolfe line search for 100 steps; ig: the paper's recipe."""
     geng, plus, ig = compose("attack=geng").attack, compose("attack=geng_plus").attack, compose("attack=ig").attack
     lbfgs = {"_target_": "torch.optim.LBFGS", "_partial_": True, "max_iter": 20, "history_size": 100}
     assert OmegaConf.to_container(geng.optimizer) == {**lbfgs, "lr": 0.1, "line_search_fn": None}
     assert OmegaConf.to_container(plus.optimizer) == {**lbfgs, "lr": 1.0, "line_search_fn": "strong_wolfe"}
-    assert plus.priors.tv.weight == geng.priors.tv.weight == 1e-6 and plus.box is False and geng.box is False
-    assert plus.iterations == 100 and geng.iterations > plus.iterations
+    assert plus.priors.tv.weight == 1e-6 and geng.priors.tv.weight == 200.0  # main.py's --tv-alpha default
+    assert plus.box is False and geng.box is False
+    assert plus.iterations == 100 and geng.iterations == 600  # main.py's --Iteration default
     assert compose().attack == plus  # the default
     assert OmegaConf.to_container(ig.optimizer) == {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.1}
     assert ig.priors.tv.weight == 1e-4 and ig.scheduler.gamma == 0.1

@@ -12,6 +12,9 @@ SCENARIOS = {
     # FedAvg: N = 2 in two steps of B = 1 per epoch, two epochs (the client's shuffle is private)
     "fedavg": ("+scenario=fedavg", "batch_size=2", "scenario.local_batch_size=1"),
 }
+# The methods both runs use: an imported update's kind is known only when its files are read,
+# so +scenario=imported keeps the FedSGD defaults; the FedAvg run names FedAvg labels for both.
+METHODS = {"fedsgd": (), "fedavg": ("labels=fedavg_fitted_search", "attack=geng_plus")}
 
 
 def _record(path):
@@ -20,14 +23,14 @@ def _record(path):
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_an_exported_update_round_trips(deepleak, tmp_path, scenario):
-    original = deepleak("attack", *SCENARIOS[scenario], *SMALL, "export_update=true", "hydra.run.dir=original")
+    original = deepleak("attack", *SCENARIOS[scenario], *METHODS[scenario], *SMALL, "export_update=true", "hydra.run.dir=original")
     assert original.returncode == 0, original.stderr[-3000:]
     update = tmp_path / "original" / "update" / "trial_000"
     manifest = yaml.safe_load((update / "manifest.yaml").read_text())
     assert manifest["kind"] == ("gradient" if scenario == "fedsgd" else "weights")
     assert manifest["num_examples"] == 2
 
-    imported = deepleak("attack", "+scenario=imported", f"scenario.path={update}", *SMALL, "hydra.run.dir=imported")
+    imported = deepleak("attack", "+scenario=imported", f"scenario.path={update}", *METHODS[scenario], *SMALL, "hydra.run.dir=imported")
     assert imported.returncode == 0, imported.stderr[-3000:]
     before, after = _record(tmp_path / "original"), _record(tmp_path / "imported")
     print(f"round trip {scenario}: labels {before['restored_labels']} -> {after['restored_labels']}, "
