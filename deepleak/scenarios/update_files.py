@@ -145,11 +145,7 @@ def read_state(model: nn.Module, path: Path, what: str) -> StateFile:
                 f"({len(parameter_names)} parameters and {len(buffer_names)} buffers, in state_dict() order), "
                 f"or {len(parameter_names)} without buffers"
             )
-        for name, tensor in named.items():
-            if tuple(tensor.shape) != tuple(state[name].shape):
-                index = list(named).index(name)
-                raise DeepleakError(f"{what} file {path}: array {index} has shape {_shape(tensor)}, the model's "
-                                    f"{name!r} (entry {index} of its state_dict order) has {_shape(state[name])}")
+        _check_positional_shapes(named, state, path, what, "{name!r} (entry {index} of its state_dict order)")
     else:
         named = _by_name(entries, state, parameter_names, path, what, kind,
                          unknown="is not in the model {kind}'s state_dict (its first keys: {first})",
@@ -174,15 +170,22 @@ def read_gradient(model: nn.Module, path: Path, what: str = "gradient") -> tuple
             raise DeepleakError(f"{what} file {path} holds {len(entries)} arrays; the model {kind} has {len(names)} "
                                 "parameters (a gradient is one array per parameter, in parameters() order)")
         named = dict(zip(names, entries))
-        for index, (name, tensor) in enumerate(named.items()):
-            if tuple(tensor.shape) != tuple(parameters[name].shape):
-                raise DeepleakError(f"{what} file {path}: array {index} has shape {_shape(tensor)}, the model's "
-                                    f"parameter {name!r} (number {index} in parameters() order) has {_shape(parameters[name])}")
+        _check_positional_shapes(named, parameters, path, what, "parameter {name!r} (number {index} in parameters() order)")
     else:
         named = _by_name(entries, parameters, names, path, what, kind,
                          unknown="is not a parameter of the model {kind} (its first parameters: {first})",
                          lacking="lacks the gradient of the model {kind}'s parameter {name!r}")
     return tuple(named[name].to(parameters[name].dtype) for name in names)
+
+
+def _check_positional_shapes(named: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], path: Path,
+                             what: str, entry: str) -> None:
+    """Arrays read by position (``named``: the model's names in order) must have the shapes of
+    ``reference``; ``entry`` names the model's entry ({name}, {index}) in the refusal."""
+    for index, (name, tensor) in enumerate(named.items()):
+        if tuple(tensor.shape) != tuple(reference[name].shape):
+            raise DeepleakError(f"{what} file {path}: array {index} has shape {_shape(tensor)}, the model's "
+                                f"{entry.format(name=name, index=index)} has {_shape(reference[name])}")
 
 
 def _by_name(entries: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], required: list[str], path: Path,
