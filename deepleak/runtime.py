@@ -24,9 +24,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def trial_seeds(seed: int, trial: int) -> dict[str, int]:
-    """Independent seeds for the batch, the model init and the attack of one trial."""
-    batch, model, attack = np.random.SeedSequence([seed, trial]).generate_state(3)
-    return {"batch": int(batch), "model": int(model), "attack": int(attack)}
+    """Independent seeds for the batch, the model init, the attack and the defence's draws of
+    one trial (the first three as before defences existed: a stream's first words)."""
+    batch, model, attack, defence = np.random.SeedSequence([seed, trial]).generate_state(4)
+    return {"batch": int(batch), "model": int(model), "attack": int(attack), "defence": int(defence)}
 
 
 def set_threads(threads: int, launcher: str) -> None:

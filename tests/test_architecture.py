@@ -1,9 +1,10 @@
 """The package's layers, checked from its source: no import cycles, and no layer reaching
 into one above it or into the client's internals.
 
-data -> models -> scenarios (the client) -> labels / attacks (the server) -> metrics ->
-runs / report / tasks. The attacker's side may import the Observation and the public
-recipe (scenarios.base, scenarios.recipe), never the client (scenarios.fedsgd/fedavg).
+data -> models -> defences -> scenarios (the client) -> labels / attacks (the server) ->
+metrics -> runs / report / tasks. The attacker's side may import the Observation and the
+public recipe (scenarios.base, scenarios.recipe), never the client (scenarios.fedsgd/fedavg)
+nor the defences it applies: the attacker knows a defence from its public parameters only.
 """
 
 from __future__ import annotations
@@ -97,17 +98,20 @@ def test_no_import_cycles():
 
 # (layer, layers it must not import): a layer may import only layers below it.
 FORBIDDEN = {
-    "deepleak.data": ("deepleak.models", "deepleak.scenarios", "deepleak.labels", "deepleak.attacks",
+    "deepleak.data": ("deepleak.models", "deepleak.defences", "deepleak.scenarios", "deepleak.labels", "deepleak.attacks",
                       "deepleak.metrics", "deepleak.tasks", "deepleak.report"),
-    "deepleak.models": ("deepleak.scenarios", "deepleak.labels", "deepleak.attacks", "deepleak.metrics",
-                        "deepleak.tasks", "deepleak.report"),
+    "deepleak.models": ("deepleak.defences", "deepleak.scenarios", "deepleak.labels", "deepleak.attacks",
+                        "deepleak.metrics", "deepleak.tasks", "deepleak.report"),
+    "deepleak.defences": ("deepleak.scenarios", "deepleak.labels", "deepleak.attacks", "deepleak.metrics",
+                          "deepleak.tasks", "deepleak.report"),
     "deepleak.scenarios": ("deepleak.labels", "deepleak.attacks", "deepleak.metrics", "deepleak.tasks",
                            "deepleak.report"),
     # The server's side: the Observation and the public recipe only, never the client.
     "deepleak.labels": ("deepleak.attacks", "deepleak.metrics", "deepleak.tasks", "deepleak.report",
-                        "deepleak.scenarios.fedsgd", "deepleak.scenarios.fedavg"),
+                        "deepleak.scenarios.fedsgd", "deepleak.scenarios.fedavg", "deepleak.defences"),
     "deepleak.attacks": ("deepleak.metrics", "deepleak.tasks", "deepleak.report",
-                         "deepleak.scenarios.fedsgd", "deepleak.scenarios.fedavg"),
+                         "deepleak.scenarios.fedsgd", "deepleak.scenarios.fedavg", "deepleak.defences",
+                         "deepleak.scenarios.defended", "deepleak.scenarios.secure_aggregation"),
     "deepleak.metrics": ("deepleak.scenarios", "deepleak.labels", "deepleak.attacks", "deepleak.tasks",
                          "deepleak.report"),
     "deepleak.report": ("deepleak.scenarios", "deepleak.labels", "deepleak.attacks", "deepleak.tasks"),

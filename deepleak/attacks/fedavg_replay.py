@@ -182,8 +182,10 @@ class FedAvgReplay:
         assignment_iterations: int = 50,
         assignment_starts: int = 1,
         max_evaluations: int | None = None,
+        adaptive: bool = True,
     ) -> None:
         check_loop_settings(iterations, restarts, budget_s, max_evaluations)
+        self.adaptive = bool(adaptive)
         if mode not in ("shared", "per_epoch"):
             raise DeepleakError(f"attack.mode must be shared or per_epoch, got {mode!r}")
         if assignment not in ("random", "learned"):
@@ -311,6 +313,7 @@ class FedAvgReplay:
         if route is not None:
             extras.update(image_gradient_agreement=agreement, image_gradient_step=route.current_step)
         extras.update(
+            defence_attack=self.defence_record(observation.defence),
             epoch_agreement=best.answer["agreement"],
             replay_assignment="leaked" if step_labels is not None else ("learned" if learns else "random"),
             replay_schedule=best.answer["schedule"],
@@ -321,6 +324,16 @@ class FedAvgReplay:
             extras=extras,
             scorers=[functools.partial(epoch_psnr, best.answer["epoch_images"].clamp(0, 1).cpu())],
         )
+
+    def check_defence(self, public: Mapping[str, Any]) -> None:
+        """The replay runs under any defence; it does not model one (:meth:`defence_record`)."""
+
+    def defence_record(self, public: Mapping[str, Any]) -> dict[str, Any]:
+        """What metrics.json says of the attack's view of the defence: the replay matches the
+        defended update as if it were the plain one, whether or not ``adaptive`` asked for more."""
+        defended = public.get("name", "none") != "none"
+        return {"adaptive": self.adaptive, "modelled": False, "adaptations": [],
+                **({"not_modelled": "attack=fedavg_replay replays the undefended recipe"} if defended else {})}
 
     def _draw(self, labels, recipe, step_labels, shape, generator, device) -> tuple[Schedule, torch.Tensor]:
         """(schedule, dummy variables) of one restart, from ``generator``: the batch order of

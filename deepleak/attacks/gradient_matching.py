@@ -30,6 +30,8 @@ from deepleak.attacks.engine.image_gradient import CHECK_SEED_OFFSET, DoubleBack
 from deepleak.attacks.loop import (
     Limits, Restart, check_loop_settings, deadline, descend, planned_steps, restart_cap, run_restarts,
 )
+from deepleak.attacks.parts.defence_model import DefenceModel
+from deepleak.attacks.parts.defence_view import attacker_defence_model, check_attack_route
 from deepleak.attacks.parts.group import GroupConsistency
 from deepleak.attacks.parts.prior import attach_priors, detach_priors, group_priors
 from deepleak.attacks.parts.protocols import Distance, Prior
@@ -60,6 +62,10 @@ class GradientMatching:
       is not counted). Recipes with different optimisers get equal budgets this way.
     - ``batched_restarts``: run all restarts as one torch.func.vmap computation
       (:mod:`deepleak.attacks.engine.batched_restarts`; elementwise optimisers, no group, no BN prior).
+    - ``adaptive``: attack through the client's public defence (the observation's
+      ``defence``; :class:`~deepleak.attacks.parts.defence_model.DefenceModel`: its
+      likelihood, the surviving entries, the clipping); false: the naive attacker, who
+      matches the defended update as if it were the plain one.
     - ``image_gradient``: how the step differentiates the gradient distance with respect to
       the images (:mod:`deepleak.attacks.engine.image_gradient`): the exact double backward (default)
       or finite differences of first-order input gradients (ReLU and max-pool kinks frozen; 1.8-2.8x a
@@ -88,6 +94,7 @@ class GradientMatching:
         batched_restarts: bool = False,
         image_gradient: DoubleBackward | FiniteDifference | None = None,
         conv_kernels: str = "onednn",
+        adaptive: bool = True,
     ) -> None:
         check_loop_settings(iterations, restarts, budget_s, max_evaluations, group.size if group is not None else 1)
         self.conv_kernels = check_choice(conv_kernels)
@@ -105,6 +112,8 @@ class GradientMatching:
         self.max_evaluations = max_evaluations
         self.batched_restarts = batched_restarts
         self.image_gradient = image_gradient if image_gradient is not None else DoubleBackward()
+        self.adaptive = bool(adaptive)
+        self.defence_model: DefenceModel | None = None  # set by prepare() from the observation's public defence
         if not self.image_gradient.exact and self.overridden_objective() == "matching_distance":
             # The finite-difference route evaluates GradientMatching's distance; a subclass
             # with a distance of its own (snapshots) would silently get the wrong gradient.
@@ -114,6 +123,14 @@ class GradientMatching:
             )
         if batched_restarts:
             check_batchable(self)
+
+    def check_defence(self, public: Mapping[str, Any]) -> None:
+        """Refuse, before any work, a defence this attack cannot attack as configured
+        (:class:`~deepleak.attacks.parts.protocols.DefenceAware`)."""
+        check_attack_route(self.image_gradient.exact, self.batched_restarts, dict(public), self.adaptive)
+        if public.get("name", "none") != "none" and self.overridden_objective() == "matching_distance":
+            raise DeepleakError(f"{type(self).__name__} has an objective of its own and does not model defences; "
+                                "use defence=none")
 
     def overridden_objective(self) -> str | None:
         """The first of GradientMatching's objective methods that this attack's class overrides
@@ -134,6 +151,9 @@ class GradientMatching:
         """Distance between the candidate's gradient at ``model`` and ``target``; keeps the graph.
 
         ``labels``: class indices (K,) or class probabilities (K, N) (soft labels)."""
+        defence = self.defence_model
+        if defence is not None and defence.modifies:  # the adaptive attacker's objective
+            return defence.distance(defence.candidate_gradient(model, images, labels), target, self.distance)
         loss = F.cross_entropy(model(images), labels)
         candidate = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
         return self.distance(list(candidate), target)
@@ -152,6 +172,7 @@ class GradientMatching:
         """(model, target, device) that :meth:`matching_distance` works on."""
         # FedAvg: the weight difference, scaled, stands in for one gradient at W_0 (the
         # paper's simple route); FedSGD observations are returned unchanged.
+        self.defence_model = attacker_defence_model(observation, self.adaptive)
         observation = observation.gradient_view()
         # A copy: train-mode batch norm updates running statistics on every forward pass.
         # The image-gradient route prepares the copy (DoubleBackward: the wide convolutions
@@ -223,6 +244,7 @@ class GradientMatching:
             extras["conv_kernels"] = kernels  # the CPU kernels the restarts ran on
         if self.group is not None:
             extras["member_distances"] = best["member_distances"]  # the chosen restart's members' final distances
+        extras["defence_attack"] = self.defence_model.record()
         return restarts.reconstruction(
             best["images"], best["labels"], start,
             inactive_priors=inactive,

@@ -13,7 +13,7 @@ The names used across the package are re-exported here.
 """
 
 from deepleak.config.argv import FLAGS_WITH_VALUE, job_override_sets, split_flags
-from deepleak.config.build import make
+from deepleak.config.build import make, make_defence
 from deepleak.config.checks import check_types, precheck
 from deepleak.config.explain import RENAMED, explain
 from deepleak.config.overrides import chosen_group_appends, primary_groups
@@ -34,6 +34,7 @@ __all__ = [
     "explain",
     "job_override_sets",
     "make",
+    "make_defence",
     "precheck",
     "primary_groups",
     "register",

@@ -22,3 +22,14 @@ def make(node: Any, **kwargs: Any) -> Any:
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise
+
+
+def make_defence(cfg: Any) -> Any:
+    """The configured client defence (``conf/defence``); no defence when the group is left
+    out (``~defence`` on the command line, or a config from before defences existed)."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from deepleak.defences import NoDefence  # noqa: PLC0415
+
+    node = OmegaConf.select(cfg, "defence", default=None, throw_on_missing=False)
+    return NoDefence() if node is None else make(node)

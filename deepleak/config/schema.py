@@ -25,6 +25,7 @@ class DeepleakConfig:
     labels: Any = MISSING
     attack: Any = MISSING
     distribution: Any = MISSING
+    defence: Any = MISSING
     batch_size: int = 4
     wrong_labels: int = 0
     seed: int = 0

@@ -19,6 +19,7 @@ class TrainConfig:
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
+    defence: Any = MISSING
     epochs: int = 20
     batch_size: int = 32
     holdout: float = 0.2

@@ -22,7 +22,7 @@ Conventions
   ever downloaded, and a randomly initialised trunk is never reported as LPIPS.
 """
 
-from deepleak.metrics.images import PSNR_CAP_DB, image_metrics, mse, pair, psnr, ssim, ssim_win_size
+from deepleak.metrics.images import PSNR_CAP_DB, closest_originals, image_metrics, mse, pair, psnr, ssim, ssim_win_size
 from deepleak.metrics.labels import (
     count_accuracy,
     count_accuracy_present,
@@ -57,6 +57,7 @@ __all__ = [
     "LPIPSMetric",
     "MeanImage",
     "alexnet_checkpoint_path",
+    "closest_originals",
     "count_accuracy",
     "count_accuracy_present",
     "dataset_mean_image",

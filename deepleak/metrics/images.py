@@ -132,6 +132,23 @@ def pair(reconstructions: Any, originals: Any, rec_labels: Any = None,
     return [int(j) for j in perm], "hungarian_psnr"
 
 
+def closest_originals(reconstructions: Any, originals: Any) -> list[int]:
+    """For fewer reconstructions (R) than originals (M): the M-index of the original each
+    reconstruction is paired with, one-to-one, maximising the summed PSNR (a rectangular
+    assignment; the naive attacker's K images against a secure aggregate's n x K union).
+    ``originals[result]`` then pairs with ``reconstructions`` as :func:`image_metrics` expects."""
+    rec, orig = _as_array(reconstructions), _as_array(originals)
+    if len(rec) > len(orig) or rec.shape[1:] != orig.shape[1:]:
+        raise ValueError(f"closest_originals needs at most as many reconstructions as originals of one shape, "
+                         f"got {rec.shape} and {orig.shape}")
+    score = np.stack([psnr(np.broadcast_to(r, orig.shape), orig) for r in rec])  # (R, M)
+    score = np.nan_to_num(score, nan=_NONFINITE_PSNR, posinf=PSNR_CAP_DB, neginf=_NONFINITE_PSNR)
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    chosen = np.empty(len(rec), dtype=np.int64)
+    chosen[rows] = cols
+    return [int(c) for c in chosen]
+
+
 def image_metrics(reconstructions: Any, originals: Any, rec_labels: Any = None, true_labels: Any = None,
                   lpips_metric: LPIPSMetric | None = None) -> dict[str, Any]:
     """Pair reconstructions with originals, then score each pair.

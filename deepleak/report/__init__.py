@@ -38,6 +38,14 @@ written is overwritten:
                        noise floors as dashed lines
     montage.png        the ``grid.png`` of trial 0 (originals above reconstructions) of
                        each group, titled with its setting (montage-2.png ... past 12 rows)
+
+Training jobs (``deepleak train``) under the given paths are not attack jobs: they are the
+utility measurements of the defences (:mod:`~deepleak.report.defences`). When any attack job
+ran under a defence, report.md gets a ``## Defences`` section (one row per defence, strength
+and attacker, adaptive or naive, with epsilon and the utility of the train jobs with the same
+defence), ``defences.csv``, ``fig_defence_psnr_mean.png`` and ``fig_defence_label_accuracy.png``
+(leakage against strength, naive dashed) and ``fig_defence_utility.png`` (leakage against
+utility).
 """
 
 from deepleak.report.build import main, new_report_dir, report

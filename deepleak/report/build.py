@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deepleak.errors import DeepleakError
 from deepleak.report.constants import REPORT_NAME, UNREADABLE
+from deepleak.report.defences import CSV_NAME, defence_report, split_jobs
 from deepleak.report.figures import metric_figure, montage
 from deepleak.report.groups import _sort_key, group_jobs
 from deepleak.report.jobs import Job, find_jobs
@@ -94,18 +95,22 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
     jobs = find_jobs(paths)
     if not jobs:
         raise DeepleakError(f"no job (a dir with {METRICS_FILE} or {STATUS_FILE}) under {', '.join(map(str, paths))}")
+    jobs, train_jobs = split_jobs(jobs)  # training runs are utility measurements, not rows of the table
     swept, fixed, groups = group_jobs(jobs)
     metrics = reported_metrics(groups)
     folder = new_report_dir(Path(out) if out is not None else paths[0])
-    log.info("%d jobs in %d groups; swept: %s; writing %s", len(jobs), len(groups), ", ".join(swept) or "nothing", folder)
+    log.info("%d jobs in %d groups (and %d training jobs); swept: %s; writing %s", len(jobs), len(groups),
+             len(train_jobs), ", ".join(swept) or "nothing", folder)
 
     figures: list[Path] = []
     montages: list[Path] = []
     figure_note = ""
+    plots = True
     try:
         import matplotlib  # noqa: F401, PLC0415
     except ImportError:
         figure_note = "No figures: matplotlib is not installed (`pip install matplotlib`).\n"
+        plots = False
         log.warning("matplotlib is not installed: no figures")
     else:
         for m in metrics:
@@ -114,13 +119,14 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
                 figures.append(path)
         montages = montage(swept, groups, folder)
 
+    defences = defence_report(jobs, train_jobs, swept, folder, plots)
     table = markdown_table(swept, groups, metrics)
     statuses = Counter(j.status for j in jobs)
     seeds = sorted({j.seed for j in jobs if j.seed is not None}, key=_sort_key)
     reasons = {r for g in groups for r in g.absent_reasons()}
     md = ["# deepleak report", "",
           "Sources: " + ", ".join(f"`{p}`" for p in paths), "",
-          f"{len(jobs)} jobs ({_status_text(statuses)}) in {len(groups)} settings. "
+          f"{len(jobs)} jobs ({_status_text(statuses) or 'no attack job'}) in {len(groups)} settings. "
           f"Swept: {', '.join(f'`{k}`' for k in swept) or 'nothing'}. "
           f"Fixed: {', '.join(f'`{k}={_shown(v)}`' for k, v in fixed.items()) or 'nothing'}. "
           f"Seeds: {', '.join(map(str, seeds)) or '-'}.", "",
@@ -134,6 +140,13 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
         md += [unreadable]
     if reasons:
         md += [" ".join(sorted(reasons)), ""]  # each says "LPIPS absent: <why>" or "LPIPS not computed: ..."
+    if train_jobs:
+        trained = (f"Not in the table: {len(train_jobs)} training job{'s' if len(train_jobs) > 1 else ''} "
+                   f"(`deepleak train`: {_status_text(Counter(j.status for j in train_jobs))}): ")
+        md += [trained + ("the utility in Defences below." if defences is not None else
+                          "a utility, shown only when some attack job has a defence."), ""]
+    if defences is not None:
+        md += [defences.markdown]
     if figures or montages or figure_note:
         md += ["## Figures", ""]
         md += [figure_note] if figure_note else []
@@ -146,6 +159,8 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
     _write(folder / "report.md", "\n".join(md))
     _write(folder / "report.csv", csv_text(swept, groups, metrics))
     _write(folder / "report.tex", tex_table(swept, groups, metrics))
+    if defences is not None:
+        _write(folder / CSV_NAME, defences.csv)
     return folder
 
 

@@ -60,7 +60,10 @@ class Observation:
     not touch the client's). ``gradient`` (FedSGD) is the gradient of the *mean* loss over the
     batch, one tensor per entry of ``model.parameters()`` in that order. ``weights`` (FedAvg)
     are the client's weights after local training, in the same order. ``metadata`` holds any
-    extra information the scenario is configured to leak (empty by default).
+    extra information the scenario is configured to leak (empty by default). ``defence`` is
+    the client's defence as the server knows it: its name and public parameters
+    (``{"name": "none"}`` without one), never its noise draws or masks
+    (:mod:`deepleak.defences`).
     """
 
     scenario: str
@@ -69,6 +72,7 @@ class Observation:
     gradient: tuple[torch.Tensor, ...] | None = None
     weights: tuple[torch.Tensor, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    defence: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
 
     @property
     def local_steps(self) -> int:
@@ -109,8 +113,11 @@ class Scenario(Protocol):
     @property
     def metadata_leaked(self) -> dict[str, Any]: ...
 
-    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None) -> Observation:
-        """Play the client on ``batch`` at the global ``model`` (trial: seeds its randomness)."""
+    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None,
+                defence: Any = None, defence_seed: int = 0) -> Observation:
+        """Play the client on ``batch`` at the global ``model`` (trial: seeds its randomness);
+        ``defence`` (:class:`deepleak.defences.Defence`, None: none) protects the shared update,
+        its draws seeded by ``defence_seed``."""
 
 
 class ImportedClient(NamedTuple):

@@ -21,6 +21,7 @@ leak switch says otherwise. Two switches, both off by default and both recorded 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any
 
@@ -28,9 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepleak.defences import ClientContext, Defence
 from deepleak.errors import DeepleakError
 from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
+from deepleak.scenarios.defended import defence_generator, public_defence, undefended
 from deepleak.scenarios.recipe import local_sgd, set_bn_mode
+
+
+def per_step_gradient(defence: Defence, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One local step's gradient as a per-step defence (dp_sgd) computes it."""
+    return defence.gradient(model, images, labels, generator)
 
 
 class FedAvg:
@@ -83,9 +92,14 @@ class FedAvg:
         """What the server receives beyond W_T and the public recipe (for metrics.json)."""
         return {"step_labels": self.leak_metadata, "snapshot_every": self.snapshot_every}
 
-    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None) -> Observation:
+    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None,
+                defence: Defence | None = None, defence_seed: int = 0) -> Observation:
         """Play the client's local training on ``batch`` (N samples) and return what it shares;
-        ``trial`` seeds the shuffle order (default: the number of earlier calls)."""
+        ``trial`` seeds the shuffle order (default: the number of earlier calls).
+
+        ``defence``: dp_sgd (``per_step``) computes every local step's gradient (clipped per
+        sample, noised); every other defence transforms the final update W_T - W_0, and the
+        server receives W_0 + the defended update. Draws are seeded by ``defence_seed``."""
         n = len(batch)
         if self.local_batch_size > n:
             raise DeepleakError(
@@ -108,9 +122,24 @@ class FedAvg:
             if self.snapshot_every and step % self.snapshot_every == 0:
                 snapshots.append((step, tuple(p.detach().clone() for p in parameters)))
 
-        step = local_sgd(client, batch.images, batch.labels, self.epochs, self.local_batch_size, self.lr, generator, record)
+        defended = not undefended(defence)
+        if defended and self.snapshot_every:
+            raise DeepleakError("scenario.snapshot_every shares undefended intermediate weights; use it with defence=none")
+        noise = defence_generator(defence_seed) if defended else None
+        step_gradient = None
+        if defended and defence.per_step:  # dp_sgd: every local step's gradient is the defended one
+            step_gradient = functools.partial(per_step_gradient, defence, generator=noise)
+        step = local_sgd(client, batch.images, batch.labels, self.epochs, self.local_batch_size, self.lr, generator, record,
+                         gradient_fn=step_gradient)
         total = self.epochs * math.ceil(n / self.local_batch_size)
         assert step == total, (step, total)
+        if defended and not defence.per_step:
+            start = set_bn_mode(copy.deepcopy(model), self.bn_mode)
+            update = tuple(end.detach() - begin.detach() for end, begin in zip(parameters, start.parameters()))
+            update = defence.defend(update, ClientContext(start, batch.images, batch.labels), noise)
+            with torch.no_grad():
+                for parameter, begin, change in zip(parameters, start.parameters(), update):
+                    parameter.copy_(begin + change)
         metadata: dict[str, Any] = {}
         if self.leak_metadata:
             metadata["step_labels"] = step_labels
@@ -131,4 +160,5 @@ class FedAvg:
             recipe=recipe,
             weights=tuple(p.detach().clone() for p in parameters),
             metadata=metadata,
+            defence=public_defence(defence),
         )

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepleak.defences import ClientContext, Defence
 from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
+from deepleak.scenarios.defended import defence_generator, public_defence, undefended
 from deepleak.scenarios.recipe import set_bn_mode
 
 
@@ -29,12 +31,20 @@ class FedSGD:
         """Nothing beyond the gradient and the public recipe (for metrics.json)."""
         return {}
 
-    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None) -> Observation:
+    def observe(self, model: nn.Module, batch: PrivateBatch, num_classes: int, trial: int | None = None,
+                defence: Defence | None = None, defence_seed: int = 0) -> Observation:
         """Play the client on ``batch`` and return what the server receives (``trial``: unused,
-        one gradient has no randomness)."""
+        one gradient has no randomness). ``defence`` computes the step's gradient (dp_sgd:
+        clipped per sample, noised) and then transforms it (noise, clip, prune, ...), with
+        draws seeded by ``defence_seed``."""
         client = set_bn_mode(copy.deepcopy(model), self.bn_mode)
-        loss = F.cross_entropy(client(batch.images), batch.labels)
-        gradient = torch.autograd.grad(loss, list(client.parameters()))
+        if undefended(defence):  # exactly the undefended client (defence=none changes no number)
+            loss = F.cross_entropy(client(batch.images), batch.labels)
+            gradient = torch.autograd.grad(loss, list(client.parameters()))
+        else:
+            generator = defence_generator(defence_seed)
+            gradient = defence.gradient(client, batch.images, batch.labels, generator)
+            gradient = defence.defend(gradient, ClientContext(client, batch.images, batch.labels), generator)
         recipe = Recipe(
             num_samples=len(batch),
             batch_size=len(batch),
@@ -48,4 +58,5 @@ class FedSGD:
             model=copy.deepcopy(model),
             recipe=recipe,
             gradient=tuple(g.detach() for g in gradient),
+            defence=public_defence(defence),
         )

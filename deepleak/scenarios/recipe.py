@@ -53,6 +53,7 @@ def local_sgd(
     lr: float,
     generator: torch.Generator | None,
     after_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    gradient_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
 ) -> int:
     """The FedAvg recipe, in place on ``model``'s parameters: E epochs of plain SGD (no
     momentum) on the mean cross-entropy over mini-batches of B, in the orders of
@@ -61,14 +62,19 @@ def local_sgd(
 
     ``after_step(step, indices, features, logits)`` runs after each update with the step
     number (from 1), the batch's indices (b,) and its detached penultimate features (b, M) and
-    logits (b, C) at the weights the step started from. Returns the number of steps T.
+    logits (b, C) at the weights the step started from. ``gradient_fn(model, images, labels)``
+    replaces a step's gradient (a defended client: dp_sgd's clipped, noised gradient); None:
+    the mean cross-entropy's. Returns the number of steps T.
     """
     parameters = list(model.parameters())
     step = 0
     for order in epoch_orders(len(labels), epochs, generator):
         for indices in step_batches(order.to(labels.device), batch_size):
             features, logits = features_and_logits(model, images[indices])
-            gradient = torch.autograd.grad(F.cross_entropy(logits, labels[indices]), parameters)
+            if gradient_fn is None:
+                gradient = torch.autograd.grad(F.cross_entropy(logits, labels[indices]), parameters)
+            else:
+                gradient = gradient_fn(model, images[indices], labels[indices])
             with torch.no_grad():
                 for parameter, g in zip(parameters, gradient):
                     parameter.sub_(lr * g)

@@ -7,6 +7,7 @@ metrics. Only the metrics block sees the private batch after the scenario has ru
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -19,14 +20,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from deepleak import metrics
 from deepleak.attacks.none import NoAttack
-from deepleak.config import make
+from deepleak.attacks.parts.defence_view import attacker_view
+from deepleak.attacks.parts.protocols import DefenceAware
+from deepleak.config import make, make_defence
+from deepleak.defences import NoDefence, SecAgg
 from deepleak.errors import DeepleakError
 from deepleak.labels.base import RevealsTruth
 from deepleak.models import build_model
 from deepleak.runs import save_images, write_metrics
 from deepleak.runtime import preload_optimizers, resolve_device, trial_seeds
-from deepleak.scenarios.base import ImportedClient, PrivateBatch, ProvidesClient
+from deepleak.scenarios.base import ImportedClient, Observation, PrivateBatch, ProvidesClient
+from deepleak.scenarios.defended import public_defence
 from deepleak.scenarios.imported import fresh
+from deepleak.scenarios.secure_aggregation import aggregate, union
 from deepleak.scenarios.threat_model import threat_model
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,14 @@ def validate(cfg: DictConfig) -> None:
     if imported and cfg.get("export_update"):
         raise DeepleakError("export_update=true writes a simulated client's update in the import format; "
                             "scenario=imported reads one that is already in it")
+    defence = make_defence(cfg)  # its parameters are checked by its constructor
+    if isinstance(defence, SecAgg) and imported:
+        raise DeepleakError("defence=secagg simulates n clients; an imported update is one client's "
+                            "(import the aggregate with defence=none)")
+    if not isinstance(defence, NoDefence) and OmegaConf.select(cfg, "scenario.snapshot_every", default=0):
+        raise DeepleakError("scenario.snapshot_every shares undefended intermediate weights; use it with defence=none")
+    if isinstance(defence, SecAgg) and cfg.get("export_update"):
+        raise DeepleakError("export_update=true writes one client's update; with defence=secagg the server holds an aggregate")
     if cfg.batch_size < 1:
         raise DeepleakError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.trials < 1:
@@ -91,6 +105,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     # An imported client brings its own data (or none): no data set or distribution is built.
     names = ("attack", "labels") if isinstance(scenario, ProvidesClient) else ("dataset", "distribution", "attack", "labels")
     objects = {"scenario": scenario, **{name: make(cfg[name]) for name in names}}
+    objects["defence"] = make_defence(cfg)
     objects["wrong_labels"] = int(cfg.wrong_labels)
     if isinstance(objects["labels"], RevealsTruth):
         log.warning("labels=oracle: the attack is given the TRUE labels (an upper bound, not an attack)")
@@ -99,8 +114,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
 def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torch.device,
               lpips_metric: metrics.LPIPSMetric | None, run_dir: Path) -> dict[str, Any]:
-    dataset, distribution = objects.get("dataset"), objects.get("distribution")
-    scenario, label_method, attack = objects["scenario"], objects["labels"], objects["attack"]
+    dataset = objects.get("dataset")
+    label_method, attack = objects["labels"], objects["attack"]
     seeds = trial_seeds(cfg.seed, trial)
     rng = np.random.default_rng(seeds["batch"])
 
@@ -111,13 +126,13 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         # unscored) come from its files; each trial attacks it with its own attack seed.
         observation, private = fresh(client).observation, client.truth
         indices, num_classes = None, client.num_classes
+        if not isinstance(objects["defence"], NoDefence):  # the files' own defence, as the server knows it
+            observation = dataclasses.replace(observation, defence=public_defence(objects["defence"]))
     else:
         num_classes = dataset.num_classes
-        indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size, rng)
-        images, labels = dataset.batch(indices)
-        private = PrivateBatch(images.to(device), labels.to(device), torch.as_tensor(indices))
         model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), seeds["model"]).to(device)
-        observation = scenario.observe(model, private, dataset.num_classes, trial=trial)
+        observation, private = simulate_clients(cfg, objects, model, rng, seeds, trial, device)
+        indices = private.indices.tolist() if private.indices is not None else None
     if cfg.get("export_update"):  # the server's view in the import format, truth given explicitly (docs/import.md)
         from deepleak.scenarios.export import export_update  # noqa: PLC0415
 
@@ -126,17 +141,20 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     # --- the attacker: sees the observation only ------------------------------------
     if isinstance(label_method, RevealsTruth):
         label_method.reveal(private.labels)  # oracle only: stated in the log and metrics
+    # The naive attacker takes a secure aggregate for one client's update (defence_view).
+    view = attacker_view(observation, adaptive=attacks_adaptively(attack))
     started = time.perf_counter()
-    restored = label_method.restore(observation)
+    restored = label_method.restore(view)
     label_seconds = time.perf_counter() - started
     if objects["wrong_labels"]:
         restored = make_wrong(restored, objects["wrong_labels"], num_classes, rng)
-    reconstruction = attack.reconstruct(observation, restored.to(device), seed=seeds["attack"])
+    reconstruction = attack.reconstruct(view, restored.to(device), seed=seeds["attack"])
 
     # --- metrics: the only place the truth is used again -----------------------------
     if private is None:  # an imported update without truth: what was restored, unscored
         record = unscored_record(cfg, trial, seeds, restored, label_seconds, observation, reconstruction, run_dir)
-        return {**record, "threat_model": threat_model(observation, scored=False)}
+        return {**record, "threat_model": threat_model(observation, scored=False, defence=observation.defence),
+                "privacy": privacy(objects["defence"], observation)}
     true_labels = private.labels.cpu()
     restored_metrics = metrics.label_metrics(restored, true_labels, num_classes)
     record: dict[str, Any] = {
@@ -151,7 +169,8 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         **restored_metrics,
         "labels_source": "restored",
         "restored_label_accuracy": restored_metrics["label_accuracy"],
-        "threat_model": threat_model(observation, scored=True),
+        "threat_model": threat_model(observation, scored=True, defence=observation.defence),
+        "privacy": privacy(objects["defence"], observation),
     }
     if reconstruction is not None and reconstruction.labels_from_attack:
         # The attack chose its own labels (DLG): the label metrics are those of the labels it
@@ -163,6 +182,13 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
             **metrics.label_metrics(reconstruction.labels, true_labels, num_classes),
         )
         record["attack_label_accuracy"] = record["label_accuracy"]
+    if reconstruction is not None and len(reconstruction.images) < len(private):
+        # The naive attacker under secagg reconstructs K images of the n x K union: each is
+        # scored against its own closest original (one-to-one), the rest of the union unseen.
+        chosen_ones = metrics.closest_originals(reconstruction.images, private.images.cpu())
+        private = PrivateBatch(private.images[chosen_ones], private.labels[chosen_ones])
+        true_labels = private.labels.cpu()
+        record["scored_against"] = {"originals": chosen_ones, "of": len(record["true_labels"])}
     if reconstruction is not None:
         scores = metrics.image_metrics(reconstruction.images, private.images.cpu(), reconstruction.labels,
                                        true_labels, lpips_metric)
@@ -186,6 +212,41 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     else:
         log.info("trial %d: label accuracy %.3f (labels only)", trial, record["label_accuracy"])
     return record
+
+
+def simulate_clients(cfg: DictConfig, objects: dict[str, Any], model: torch.nn.Module, rng: np.random.Generator,
+                     seeds: dict[str, int], trial: int, device: torch.device) -> tuple[Observation, PrivateBatch]:
+    """The simulated client(s) of one trial: (what the server receives, the private data it
+    is scored against). One client plays the scenario with the configured defence; under
+    ``defence=secagg`` n clients draw their own batches of ``batch_size`` (the first is the
+    batch a single client would have) and the server receives their weighted mean
+    (:mod:`deepleak.scenarios.secure_aggregation`), scored against the union."""
+    dataset, distribution, scenario, defence = (objects[k] for k in ("dataset", "distribution", "scenario", "defence"))
+    clients = defence.clients if isinstance(defence, SecAgg) else 1
+    batches, observations = [], []
+    for _ in range(clients):
+        indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size, rng)
+        images, labels = dataset.batch(indices)
+        batch = PrivateBatch(images.to(device), labels.to(device), torch.as_tensor(indices))
+        client_defence = None if clients > 1 else defence
+        observations.append(scenario.observe(model, batch, dataset.num_classes, trial=trial,
+                                             defence=client_defence, defence_seed=seeds["defence"]))
+        batches.append(batch)
+    if clients == 1:
+        return observations[0], batches[0]
+    return aggregate(observations, public_defence(defence)), union(batches)
+
+
+def attacks_adaptively(attack: Any) -> bool:
+    """Whether the attack takes the defence into account (``attack.adaptive``, default true)."""
+    return attack.adaptive if isinstance(attack, DefenceAware) else True
+
+
+def privacy(defence: Any, observation: Observation) -> dict[str, Any] | None:
+    """The defence's privacy accounting for one client's update (dp_sgd: epsilon at its delta
+    from Opacus's accountant, over the client's T steps at sampling rate B / N); None without."""
+    recipe = observation.recipe
+    return defence.epsilon(steps=observation.local_steps, sample_rate=recipe.batch_size / recipe.num_samples)
 
 
 def mean_image(objects: dict[str, Any]) -> metrics.MeanImage | None:
@@ -253,6 +314,24 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def check_defence(cfg: DictConfig, objects: dict[str, Any], client: ImportedClient | None) -> None:
+    """Refuse, before any work, a defence the victim or the attack cannot take: the defence
+    checks the model (soteria: a final Linear; dp_sgd: no train-mode batch norm), the attack
+    its own route (:class:`DefenceAware`)."""
+    defence = objects["defence"]
+    if isinstance(defence, NoDefence):
+        return
+    if client is not None:
+        model, bn_mode = client.observation.model, client.observation.recipe.bn_mode
+    else:
+        dataset = objects["dataset"]
+        model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), 0)
+        bn_mode = OmegaConf.select(cfg, "scenario.bn_mode", default="train")
+    defence.check_model(model, bn_mode)
+    if isinstance(objects["attack"], DefenceAware):
+        objects["attack"].check_defence(public_defence(defence))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run the attack task into ``run_dir``; returns the metrics written to metrics.json."""
     started = time.perf_counter()
@@ -260,6 +339,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     objects = build(cfg)
     client = objects["client"] = objects["scenario"].load(device) if isinstance(objects["scenario"], ProvidesClient) else None
+    check_defence(cfg, objects, client)
     attacking = not isinstance(objects["attack"], NoAttack)
     lpips_metric = metrics.load_lpips(device) if attacking else None
     preload_seconds = preload_optimizers() if attacking else 0.0  # outside every attack's clock and budget
@@ -284,6 +364,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "preload_seconds": preload_seconds,  # torch._dynamo imported before the attack clock (runtime.preload_optimizers)
         "lpips_absent_reason": lpips_metric.absent_reason if lpips_metric else "no image reconstruction",
         "metadata_leaked": dict(objects["scenario"].metadata_leaked),
+        "defence": public_defence(objects["defence"]),
+        "adaptive": attacks_adaptively(objects["attack"]),  # the attacker knows the defence (attack.adaptive)
     }
     if client is not None and client.regeneration is not None:
         result["update_regeneration"] = client.regeneration
@@ -291,6 +373,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for trial in range(cfg.first_trial, cfg.first_trial + cfg.trials):
         records.append(run_trial(cfg, objects, trial, device, lpips_metric, run_dir))
         result["threat_model"] = records[-1].pop("threat_model")  # the same for every trial
+        result["privacy"] = records[-1].pop("privacy", None)
         result.update(summary=summarise(records), per_trial=records, trials_done=len(records),
                       wall_seconds=time.perf_counter() - started)
         write_metrics(run_dir, result)  # after every trial, so an interrupted run keeps its trials

@@ -32,7 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from deepleak.config import make
+from deepleak.config import make, make_defence
+from deepleak.defences import ClientContext, Defence, NoDefence, SecAgg
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.runs import write_metrics
@@ -51,13 +52,15 @@ def validate(cfg: DictConfig) -> None:
         raise DeepleakError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if not 0.0 <= cfg.holdout < 1.0:
         raise DeepleakError(f"holdout must be in [0, 1), got {cfg.holdout}")
+    make_defence(cfg)  # a defence's parameters are checked by its constructor
     resolve_device(cfg.device)
 
 
 def run_seeds(seed: int) -> dict[str, int]:
-    """Independent seeds for the train/test split, the model init and the batch order."""
-    split, model, order = np.random.SeedSequence([seed]).generate_state(3)
-    return {"split": int(split), "model": int(model), "order": int(order)}
+    """Independent seeds for the train/test split, the model init, the batch order and a
+    defence's draws (the first three as before defences existed: a stream's first words)."""
+    split, model, order, defence = np.random.SeedSequence([seed]).generate_state(4)
+    return {"split": int(split), "model": int(model), "order": int(order), "defence": int(defence)}
 
 
 def split_indices(targets: np.ndarray, holdout: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -146,9 +149,12 @@ def evaluate(model: nn.Module, dataset: Any, indices: np.ndarray, batch_size: in
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Any, batches: list[np.ndarray],
-                device: torch.device, description: str) -> tuple[float, float]:
+                device: torch.device, description: str, defence: Defence | None = None,
+                generator: torch.Generator | None = None) -> tuple[float, float]:
     """One pass of mean cross-entropy steps; returns (mean loss, running accuracy) over the
-    pass, both measured on each batch before its step, in train mode."""
+    pass, both measured on each batch before its step, in train mode. ``defence`` (not
+    none): each step's gradient is the defended client's (dp_sgd: clipped per sample and
+    noised; others: the plain gradient transformed), drawn from ``generator``."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     progress = tqdm(batches, desc=description, leave=False, disable=None, unit="batch")
@@ -160,13 +166,26 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Any
         if not torch.isfinite(loss):
             raise DeepleakError(f"the training loss became {loss.item()} ({description}); lower optimizer.lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if defence is None or isinstance(defence, NoDefence):
+            loss.backward()
+        else:
+            set_defended_gradient(model, images, labels, defence, generator)
         optimizer.step()
         total_loss += loss.item() * len(chunk)
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(chunk)
         progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     return total_loss / seen, correct / seen
+
+
+def set_defended_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, defence: Defence,
+                          generator: torch.Generator | None) -> None:
+    """Put the defended client's update for this batch into the parameters' ``.grad``."""
+    parameters = list(model.parameters())
+    gradient = defence.gradient(model, images, labels, generator)
+    gradient = defence.defend(gradient, ClientContext(model, images, labels), generator)
+    for parameter, value in zip(parameters, gradient):
+        parameter.grad = value.detach().to(parameter.dtype)
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> Path:
@@ -208,6 +227,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model = build_model(cfg.model, dataset.num_classes, image_shape, seeds["model"]).to(device)
     optimizer = make(cfg.optimizer)(model.parameters())
     order_rng = np.random.default_rng(seeds["order"])
+    defence = make_defence(cfg)
+    defence.check_model(model, "train")
+    # secagg averages n clients' batches of batch_size into one step: a step of n x batch_size.
+    step_size = cfg.batch_size * (defence.clients if isinstance(defence, SecAgg) else 1)
+    generator = torch.Generator().manual_seed(seeds["defence"])
     checkpoint = run_dir / CHECKPOINT_FILE
 
     result: dict[str, Any] = {
@@ -227,6 +251,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "checkpoint": CHECKPOINT_FILE,
+        "defence": dict(defence.public()),
+        "privacy": None,  # dp_sgd: epsilon at delta over the steps so far (Opacus's accountant)
         "history": [],
         "epochs_done": 0,
         "interrupted": False,
@@ -234,19 +260,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log.info("training %s on %d items of %s (%d held out), %d classes, %s px, %d epochs",
              type(model).__name__, len(train_idx), result["dataset"], len(test_idx), dataset.num_classes,
              "x".join(map(str, image_shape[1:])), cfg.epochs)
+    steps = 0
     try:
         for epoch in range(1, cfg.epochs + 1):
             epoch_started = time.perf_counter()
-            batches = minibatches(train_idx, cfg.batch_size, order_rng)
+            batches = minibatches(train_idx, step_size, order_rng)
             loss, running_accuracy = train_epoch(model, optimizer, dataset, batches, device,
-                                                 f"epoch {epoch}/{cfg.epochs}")
+                                                 f"epoch {epoch}/{cfg.epochs}", defence, generator)
+            steps += len(batches)
             if cfg.precise_bn:
                 recompute_bn_statistics(model, dataset, train_idx, cfg.batch_size, device)
             test_accuracy = evaluate(model, dataset, test_idx, cfg.batch_size, device)
             seconds = time.perf_counter() - epoch_started
             result["history"].append({"epoch": epoch, "train_loss": loss, "train_accuracy": running_accuracy,
                                       "test_accuracy": test_accuracy, "seconds": seconds})
-            result.update(epochs_done=epoch, wall_seconds=time.perf_counter() - started)
+            result.update(epochs_done=epoch, wall_seconds=time.perf_counter() - started,
+                          privacy=defence.epsilon(steps=steps, sample_rate=min(1.0, step_size / len(train_idx))))
             log.info("epoch %d/%d: train loss %.4f, train accuracy %.3f, test accuracy %s (%.1f s)",
                      epoch, cfg.epochs, loss, running_accuracy,
                      "n/a" if test_accuracy is None else f"{test_accuracy:.3f}", seconds)

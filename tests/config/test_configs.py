@@ -16,7 +16,7 @@ from deepleak.tasks.attack import validate
 from imported_client import write_client
 
 CONF = Path(config_dir())
-GROUPS = ["dataset", "model", "labels", "attack", "distribution", "scenario"]
+GROUPS = ["dataset", "model", "labels", "attack", "distribution", "scenario", "defence"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 # attack/base holds the loop settings the recipes share: fragments merged into a recipe, no
 # option of their own (checked through every recipe above).

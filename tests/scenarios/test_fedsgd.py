@@ -114,7 +114,7 @@ def test_observation_model_is_a_separate_copy_at_global_weights():
 
 def test_observation_fields_carry_no_private_data():
     names = [f.name for f in dataclasses.fields(Observation)]
-    assert names == ["scenario", "model", "recipe", "gradient", "weights", "metadata"]
+    assert names == ["scenario", "model", "recipe", "gradient", "weights", "metadata", "defence"]
     batch = _batch(4, 10)
     obs = FedSGD().observe(build_model(LENET_CFG, 10, (3, 32, 32), seed=0), batch, 10)
     assert obs.scenario == "fedsgd"

@@ -10,8 +10,8 @@ the engine chooses a route by it (:mod:`deepleak.attacks.parts.distance` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -61,3 +61,14 @@ class ModelPrior(Protocol):
     def attach(self, model: nn.Module) -> str | None: ...
 
     def detach(self) -> None: ...
+
+
+@runtime_checkable
+class DefenceAware(Protocol):
+    """An attack that takes the client's defence into account: ``adaptive`` says whether it
+    attacks through the defence's public parameters, and ``check_defence(public)`` refuses,
+    before any work, a defence it cannot attack as configured (one-line DeepleakError)."""
+
+    adaptive: bool
+
+    def check_defence(self, public: Mapping[str, Any]) -> None: ...
