@@ -172,7 +172,6 @@ class GradientMatching:
         """(model, target, device) that :meth:`matching_distance` works on."""
         # FedAvg: the weight difference, scaled, stands in for one gradient at W_0 (the
         # paper's simple route); FedSGD observations are returned unchanged.
-        self.defence_model = attacker_defence_model(observation, self.adaptive)
         observation = observation.gradient_view()
         # A copy: train-mode batch norm updates running statistics on every forward pass.
         # The image-gradient route prepares the copy (DoubleBackward: the wide convolutions
@@ -202,6 +201,9 @@ class GradientMatching:
     # ------------------------------------------------------------------ the attack
     def reconstruct(self, observation: Observation, labels: torch.Tensor, seed: int = 0) -> Reconstruction:
         """Reconstruct the K images behind ``observation`` given K ``labels``."""
+        # The attacker's model of the client's defence (from its public parameters only),
+        # which matching_distance goes through; set before any subclass's prepare runs.
+        self.defence_model = attacker_defence_model(observation, self.adaptive)
         if self.batched_restarts:
             # All restarts as one vmapped computation (same result as the loop below). Its
             # batches are R x K images, oneDNN's strength: auto keeps it without timing, and
