@@ -60,6 +60,9 @@ class DefenceLike(Protocol):
     def defend(self, update: Sequence[Tensor], context: ClientContext, generator: torch.Generator) -> tuple[Tensor, ...]:
         """The shared update after the defence."""
 
+    def step_update(self, model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """One step's shared update on a batch: the defended gradient, then the defence."""
+
     def epsilon(self, steps: int, sample_rate: float) -> dict[str, Any] | None:
         """(epsilon, delta) accounting for DP defences, else None."""
 
@@ -93,6 +96,13 @@ class Defence:
         Default: the same tensors (identity). Never modifies its input in place; tensors it
         leaves alone may be returned as the same objects."""
         return tuple(update)
+
+    def step_update(self, model: nn.Module, images: Tensor, labels: Tensor,
+                    generator: torch.Generator) -> tuple[Tensor, ...]:
+        """One step's shared update on a batch: :meth:`gradient`, then :meth:`defend` (a FedSGD
+        client's gradient; one defended training step)."""
+        gradient = self.gradient(model, images, labels, generator)
+        return self.defend(gradient, ClientContext(model, images, labels), generator)
 
     def epsilon(self, steps: int, sample_rate: float) -> dict[str, Any] | None:
         """(epsilon, delta) accounting for DP defences, else None."""

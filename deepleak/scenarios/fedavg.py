@@ -36,12 +36,6 @@ from deepleak.scenarios.defended import defence_generator, public_defence, undef
 from deepleak.scenarios.recipe import local_sgd, set_bn_mode
 
 
-def per_step_gradient(defence: Defence, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """One local step's gradient as a per-step defence (dp_sgd) computes it."""
-    return defence.gradient(model, images, labels, generator)
-
-
 class FedAvg:
     """E local epochs of plain SGD over N samples in mini-batches of ``local_batch_size`` (B) at ``lr``.
 
@@ -128,7 +122,7 @@ class FedAvg:
         noise = defence_generator(defence_seed) if defended else None
         step_gradient = None
         if defended and defence.per_step:  # dp_sgd: every local step's gradient is the defended one
-            step_gradient = functools.partial(per_step_gradient, defence, generator=noise)
+            step_gradient = functools.partial(defence.gradient, generator=noise)
         step = local_sgd(client, batch.images, batch.labels, self.epochs, self.local_batch_size, self.lr, generator, record,
                          gradient_fn=step_gradient)
         total = self.epochs * math.ceil(n / self.local_batch_size)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepleak.defences import ClientContext, Defence
+from deepleak.defences import Defence
 from deepleak.scenarios.base import Observation, PrivateBatch, Recipe
 from deepleak.scenarios.defended import defence_generator, public_defence, undefended
 from deepleak.scenarios.recipe import set_bn_mode
@@ -42,9 +42,7 @@ class FedSGD:
             loss = F.cross_entropy(client(batch.images), batch.labels)
             gradient = torch.autograd.grad(loss, list(client.parameters()))
         else:
-            generator = defence_generator(defence_seed)
-            gradient = defence.gradient(client, batch.images, batch.labels, generator)
-            gradient = defence.defend(gradient, ClientContext(client, batch.images, batch.labels), generator)
+            gradient = defence.step_update(client, batch.images, batch.labels, defence_generator(defence_seed))
         recipe = Recipe(
             num_samples=len(batch),
             batch_size=len(batch),

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deepleak.config import make, make_defence
-from deepleak.defences import ClientContext, Defence, NoDefence, SecAgg
+from deepleak.defences import Defence, NoDefence, SecAgg
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.runs import write_metrics
@@ -181,10 +181,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Any
 def set_defended_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, defence: Defence,
                           generator: torch.Generator | None) -> None:
     """Put the defended client's update for this batch into the parameters' ``.grad``."""
-    parameters = list(model.parameters())
-    gradient = defence.gradient(model, images, labels, generator)
-    gradient = defence.defend(gradient, ClientContext(model, images, labels), generator)
-    for parameter, value in zip(parameters, gradient):
+    for parameter, value in zip(model.parameters(), defence.step_update(model, images, labels, generator)):
         parameter.grad = value.detach().to(parameter.dtype)
 
 
