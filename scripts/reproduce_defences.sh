@@ -23,8 +23,8 @@ ladders=(
   "prune|defence=prune defence.ratio=0.5,0.7,0.9,0.99|defence=prune defence.ratio=0.5,0.7,0.9,0.99"
   "quantize|defence=quantize defence.bits=16,8,4,2|defence=quantize defence.bits=16,8,4,2"
   "dp_sgd|defence=dp_sgd defence.max_norm=1 defence.noise_multiplier=0.1,0.5,1,2|defence=dp_sgd defence.max_norm=1 defence.noise_multiplier=0.1,0.5,1,2"
-  "secagg|defence=secagg defence.clients=1,2,4,16|defence=secagg defence.clients=1,2,4,16"
   "soteria|defence=soteria defence.ratio=0.2,0.4,0.6,0.8|defence=soteria defence.ratio=0.2,0.4,0.6,0.8"
+  "secagg|defence=secagg defence.clients=1,2,4,16|defence=secagg defence.clients=1,2,4,16"
 )
 for entry in "${ladders[@]}"; do
   IFS="|" read -r name attack_args train_args <<< "$entry"
