@@ -195,6 +195,7 @@ class Restarts:
     stopped_by_budget: bool
     stopped_by_evaluations: bool
     interrupted: bool
+    iteration_seconds: float = 0.0  # inside run(restart): the descents and their final scoring
 
     def reconstruction(self, images: torch.Tensor, labels: torch.Tensor, started: float, **fields: Any) -> Reconstruction:
         """The recipe's answer: ``images`` (K, C, H, W, clamped to [0, 1] here) and ``labels``
@@ -209,6 +210,7 @@ class Restarts:
             iterations=self.iterations,
             evaluations=self.evaluations,
             seconds=time.perf_counter() - started,
+            iteration_seconds=self.iteration_seconds,
             nonfinite_restarts=self.nonfinite,
             stopped_by_budget=self.stopped_by_budget,
             interrupted=self.interrupted,
@@ -226,13 +228,16 @@ def run_restarts(count: int, run: Callable[[int], Restart], deadline: float) -> 
     distances: list[float] = []
     iterations = evaluations = nonfinite = 0
     stopped = capped = interrupted = False
+    iteration_seconds = 0.0
     for restart in range(count):
         if interrupted:
             break
         if restart and time.perf_counter() >= deadline:
             stopped = True
             break
+        began = time.perf_counter()
         result = run(restart)
+        iteration_seconds += time.perf_counter() - began
         descent = result.descent
         interrupted = descent.interrupted
         evaluations += descent.evaluations + result.scoring_evaluations
@@ -246,4 +251,5 @@ def run_restarts(count: int, run: Callable[[int], Restart], deadline: float) -> 
     assert best is not None
     if not math.isfinite(best.distance):
         log.warning("every restart diverged; the reconstruction is the last finite iterate")
-    return Restarts(best, best_index, distances, iterations, evaluations, nonfinite, stopped, capped, interrupted)
+    return Restarts(best, best_index, distances, iterations, evaluations, nonfinite, stopped, capped, interrupted,
+                    iteration_seconds)

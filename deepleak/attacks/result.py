@@ -48,6 +48,7 @@ class Reconstruction:
     iterations: int
     evaluations: int
     seconds: float
+    iteration_seconds: float = 0.0  # of ``seconds``, the restarts' descents (the rest: set-up and the pick)
     nonfinite_restarts: int = 0
     stopped_by_budget: bool = False
     interrupted: bool = False  # Ctrl-C / SIGTERM: the best result so far, then the caller stops
@@ -69,6 +70,7 @@ class Reconstruction:
             iterations=self.iterations,
             evaluations=self.evaluations,
             attack_seconds=self.seconds,
+            attack_iteration_seconds=self.iteration_seconds,
             nonfinite_restarts=self.nonfinite_restarts,
             stopped_by_budget=self.stopped_by_budget,
             interrupted=self.interrupted,

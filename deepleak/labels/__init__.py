@@ -1,5 +1,6 @@
 """Label restoration methods; each sees only an Observation (see deepleak.scenarios.base)."""
 
+from deepleak.labels.feature_fit import FeatureFit
 from deepleak.labels.gradinversion import GradInversion
 from deepleak.labels.idlg import IDLG
 from deepleak.labels.ilrg import ILRG
@@ -8,4 +9,4 @@ from deepleak.labels.oracle import Oracle
 from deepleak.labels.zeroshot import ZeroShot
 from deepleak.labels.zeroshot_plus import ZeroShotPlus
 
-__all__ = ["GradInversion", "IDLG", "ILRG", "LLG", "Oracle", "ZeroShot", "ZeroShotPlus"]
+__all__ = ["FeatureFit", "GradInversion", "IDLG", "ILRG", "LLG", "Oracle", "ZeroShot", "ZeroShotPlus"]

@@ -301,6 +301,7 @@ def reconstruct_batched(attack: BatchableAttack, observation: Observation, label
     history: list[torch.Tensor] = []
     last_finite = variables.detach().clone()
     stopped = interrupted = False
+    began = time.perf_counter()
     for step in range(steps):
         if time.perf_counter() >= stop_at:
             stopped = True
@@ -334,6 +335,7 @@ def reconstruct_batched(attack: BatchableAttack, observation: Observation, label
     final = last_finite
     with torch.no_grad():
         scores = objective.distance(final, labels).detach()
+    iteration_seconds = time.perf_counter() - began
     scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, math.inf)).cpu()
     distances = [float(s) for s in scores]
     best = int(torch.argmin(scores))  # the first of equals, as the sequential comparison
@@ -351,6 +353,7 @@ def reconstruct_batched(attack: BatchableAttack, observation: Observation, label
         iterations=int(sum(done_list)),
         evaluations=int(evaluations.sum()) + restarts,
         seconds=time.perf_counter() - start,
+        iteration_seconds=iteration_seconds,
         nonfinite_restarts=nonfinite,
         stopped_by_budget=stopped,
         interrupted=interrupted,

@@ -1,0 +1,148 @@
+"""deepleak's label method for trained victims (``labels=feature_fit``): it fits the batch's
+penultimate features to the classifier's gradient, then counts with the exact bias identity.
+
+Classifier z = W h + b, mean cross-entropy over K samples, residuals r_i = p_i - y_i:
+
+    K dL/dW = sum_i r_i h_i^T  (N, M)        K dL/db = sum_i r_i  (N,)
+
+so the counts are exactly n = s - K dL/db with s = sum_i p_i, the batch's summed softmax.
+Zero-shot estimates s from dummy inputs, which fails on a trained model (its softmax is
+confident and depends on the input). Here s comes from the batch's own features instead:
+
+1. With the residuals of rank K (needs K < N and distinct features), the row space of dL/dW
+   is the span of the K features: h_i = V^T a_i with V (K, M) its top right singular vectors.
+2. The bias gives one linear constraint: the u = V^T w with (K dL/dW V^T) w = K dL/db has
+   h_i . u = 1 for every sample (K dL/dW u = sum_i r_i (h_i . u) must equal sum_i r_i).
+3. For coordinates A (K, K), the gradient implies the residuals rho = (K dL/dW V^T) A^{-1}
+   (column i is rho_i) and so the labels y_i = softmax(W h_i + b) - rho_i, which must be
+   one-hot. Minimise sum_i ||y_i - onehot(argmax y_i)||^2 (+ a penalty keeping h_i inside
+   the range of the last activation: [0, 1] for sigmoid, >= 0 for ReLU) from ``restarts``
+   starts, keep the lowest, and count n = sum_i softmax(W h_i + b) - K dL/db.
+
+The starts are iLRG's class embeddings dL/dW[c] / dL/db[c] of the classes with the most
+negative bias gradient (present classes on a confident model), projected onto the plane of
+step 2: the first uses the K most negative, the others draw K among the negative ones.
+At the true features the objective is ~1e-9; the fit is non-convex and the restarts do
+not always find it (docs/labels.md, trained victims). No dummy inputs, no auxiliary data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepleak.errors import DeepleakError
+from deepleak.labels.base import counts_to_labels, last_activation, last_layer_gradient, require_bias
+from deepleak.labels.zeroshot_plus import ZeroShotPlus
+from deepleak.models import classifier
+from deepleak.scenarios.base import Observation
+
+# Where the last activation keeps the penultimate features (lower, upper; None: unbounded).
+FEATURE_RANGES = {"sigmoid": (0.0, 1.0), "relu": (0.0, None), "tanh": (-1.0, 1.0)}
+
+
+class FeatureFit:
+    """Fit K features in the gradient's row space so their implied labels are one-hot; count
+    with the bias identity. ``restarts`` starts of at most ``iterations`` L-BFGS steps each;
+    ``box`` weighs the penalty on features outside the activation's range; ``rounding`` as in
+    counts_to_labels. Where the weight gradient has rank below K (repeated images) the
+    features cannot be separated and the counts are zeroshot_plus's."""
+
+    name = "feature_fit"
+    needs = "a bias in the classifier layer, batch_size < num_classes, a sigmoid, ReLU or tanh before it"
+    RANK_TOLERANCE = 1e-9  # singular values below this times the largest: rank deficient (float32 gradients sit at ~1e-7 relative)
+
+    def __init__(self, restarts: int = 8, iterations: int = 200, box: float = 1.0,
+                 rounding: str = "largest_remainder", seed: int = 0) -> None:
+        if restarts < 1 or iterations < 1:
+            raise DeepleakError(f"labels.restarts and labels.iterations must be >= 1, got {restarts} and {iterations}")
+        self.restarts = restarts
+        self.iterations = iterations
+        self.box = box
+        self.rounding = rounding
+        self.seed = seed
+
+    def check(self, observation: Observation) -> tuple[float, float | None]:
+        """Refuse what the method cannot work on; returns the features' range."""
+        require_bias(self.name, observation)
+        k, n = observation.recipe.num_samples, observation.recipe.num_classes
+        if k >= n:
+            raise DeepleakError(
+                f"the {self.name} label method separates the K features in the gradient's rank, at most "
+                f"num_classes - 1 = {n - 1}, got batch_size={k}; use labels=zeroshot_plus"
+            )
+        activation = last_activation(observation.model)
+        if activation not in FEATURE_RANGES:
+            raise DeepleakError(
+                f"the {self.name} label method needs a sigmoid, ReLU or tanh before the classifier to bound the "
+                f"features, found {activation or 'none it knows'}; use labels=zeroshot_plus"
+            )
+        return FEATURE_RANGES[activation]
+
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """Real-valued class counts (N,), float64, before rounding."""
+        low, high = self.check(observation)
+        weight_gradient, bias_gradient = last_layer_gradient(observation)
+        dw, db = weight_gradient.detach().double().cpu(), bias_gradient.detach().double().cpu()
+        k = observation.recipe.num_samples
+        layer = classifier(observation.model)
+        w = layer.weight.detach().double().cpu()
+        b = layer.bias.detach().double().cpu()
+        _, singular, vh = torch.linalg.svd(dw, full_matrices=False)
+        if singular[k - 1] <= self.RANK_TOLERANCE * singular[0]:
+            return ZeroShotPlus().counts(observation)
+        v = vh[:k]                                   # (K, M): the features' span
+        g = k * dw @ v.T                             # (N, K) = sum_i r_i a_i^T
+        plane = torch.linalg.lstsq(g, (k * db)[:, None], driver="gelsd").solution[:, 0]  # a_i . plane = 1
+        wv = w @ v.T                                 # (N, K): logits are A wv^T + b
+
+        def onto_plane(a: torch.Tensor) -> torch.Tensor:
+            return a - (a @ plane - 1)[:, None] * plane[None, :] / (plane @ plane)
+
+        def objective(a: torch.Tensor) -> torch.Tensor:
+            softmax = torch.softmax(a @ wv.T + b, dim=1)                    # (K, N)
+            labels = softmax - torch.linalg.solve(a.T, g.T)                 # rows y_i = p_i - rho_i
+            onehot = torch.nn.functional.one_hot(labels.argmax(1), labels.shape[1]).double()
+            h = a @ v
+            outside = torch.relu(low - h) ** 2 + (torch.relu(h - high) ** 2 if high is not None else 0)
+            return ((labels - onehot) ** 2).sum() + self.box * outside.sum()
+
+        safe = torch.where(db.abs() > torch.finfo(torch.float64).tiny, db, torch.ones_like(db))
+        starts = onto_plane((dw / safe[:, None]) @ v.T)                    # (N, K) class embeddings
+        order = torch.argsort(db)
+        negative = max(1, int((db < 0).sum()))
+        generator = torch.Generator().manual_seed(self.seed)
+        scale = float(starts[order[:k]].norm(dim=1).mean()) / k**0.5
+        best_loss, best = float("inf"), None
+        for restart in range(self.restarts):
+            pick = order[:k] if restart == 0 else order[torch.randint(0, negative, (k,), generator=generator)]
+            # A little noise keeps a start with a class drawn twice invertible.
+            a0 = starts[pick] + 0.02 * scale * torch.randn(k, k, generator=generator, dtype=torch.float64)
+            a, loss = self._fit(a0, objective, onto_plane)
+            if loss < best_loss:
+                best_loss, best = loss, a
+        if best is None:  # every restart diverged
+            return ZeroShotPlus().counts(observation)
+        return torch.softmax(best @ wv.T + b, dim=1).sum(dim=0) - k * db
+
+    def _fit(self, start: torch.Tensor, objective, onto_plane) -> tuple[torch.Tensor, float]:
+        free = start.clone().requires_grad_(True)
+        optimiser = torch.optim.LBFGS([free], lr=1, max_iter=self.iterations, history_size=50,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-14, tolerance_change=1e-16)
+
+        def closure():
+            optimiser.zero_grad()
+            loss = objective(onto_plane(free))
+            loss.backward()
+            return loss
+
+        try:
+            optimiser.step(closure)
+        except torch.linalg.LinAlgError:  # a singular A on the way: this start is lost
+            return start, float("inf")
+        a = onto_plane(free.detach())
+        with torch.no_grad():
+            loss = float(objective(a))
+        return a, loss if loss == loss else float("inf")
+
+    def restore(self, observation: Observation) -> torch.Tensor:
+        return counts_to_labels(self.counts(observation).numpy(), observation.recipe.num_samples, self.rounding)
