@@ -134,7 +134,9 @@ def archive_previous(run_dir: Path) -> Path | None:
     """Move an unfinished attempt's results aside (``previous-1/``, ``previous-2/`` ...)
     before the job runs again, so nothing already written is overwritten."""
     run_dir = Path(run_dir)
-    leftovers = [run_dir / name for name in (METRICS_FILE, ERROR_FILE, "images") if (run_dir / name).exists()]
+    # "checkpoints": deepleak train's stage checkpoints (deepleak.models.checkpoints.CHECKPOINTS_DIR)
+    leftovers = [run_dir / name for name in (METRICS_FILE, ERROR_FILE, "images", "checkpoints")
+                 if (run_dir / name).exists()]
     if not leftovers:
         return None
     for attempt in range(1, 10_000):

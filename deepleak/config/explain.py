@@ -50,6 +50,10 @@ def explain(error: BaseException, command: str = "attack") -> str:
         key = re.search(r"full_key: (\S+)", full)
         name = key.group(1) if key else "a value"
         return f"{name} must be of type {match.group(2).lower()}, got '{match.group(1)}'"
+    if re.search(r"Invalid value assigned: \w+ is not a ListConfig", full):
+        key = re.search(r"full_key: (\S+)", full)
+        name = key.group(1) if key else "the value"
+        return f"{name} must be a list, e.g. {name}=[0,5]"
     match = re.search(r"(?:Could not append to config\. An item is already at|Multiple values for) '?([\w/.]+)'?", full)
     if match:
         key = match.group(1).rstrip(".")

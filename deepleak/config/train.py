@@ -7,7 +7,7 @@ constructors by :func:`deepleak.config.check_types`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -21,6 +21,7 @@ class TrainConfig:
     optimizer: Any = MISSING
     defence: Any = MISSING
     epochs: int = 20
+    checkpoint_epochs: list[int] = field(default_factory=list)
     batch_size: int = 32
     holdout: float = 0.2
     precise_bn: bool = True

@@ -3,8 +3,8 @@
 Modules: :mod:`~deepleak.report.jobs` (reading job dirs), :mod:`~deepleak.report.groups`
 (settings and their statistics), :mod:`~deepleak.report.stats` (mean, std, interval),
 :mod:`~deepleak.report.noise_floor`, :mod:`~deepleak.report.tables`, :mod:`~deepleak.report.figures`,
-:mod:`~deepleak.report.build` (the report directory and the command), and
-:mod:`~deepleak.report.constants`.
+:mod:`~deepleak.report.defences`, :mod:`~deepleak.report.stages`, :mod:`~deepleak.report.build`
+(the report directory and the command), and :mod:`~deepleak.report.constants`.
 
 A *job* is any directory under the given paths that holds ``metrics.json`` or a ``status``
 marker (a job that failed before its first trial has no metrics, and is still reported);
@@ -45,7 +45,10 @@ ran under a defence, report.md gets a ``## Defences`` section (one row per defen
 and attacker, adaptive or naive, with epsilon and the utility of the train jobs with the same
 defence), ``defences.csv``, ``fig_defence_psnr_mean.png`` and ``fig_defence_label_accuracy.png``
 (leakage against strength, naive dashed) and ``fig_defence_utility.png`` (leakage against
-utility).
+utility). When any attack job attacked a checkpoint of known training stage (metrics.json's
+``victim``, :mod:`~deepleak.report.stages`), report.md gets a ``## Training stages`` section (a
+table per route, rows by epoch), ``stages.csv``, ``fig_stage_label_accuracy.png`` and
+``fig_stage_psnr.png`` (leakage against epoch and against the victim's test accuracy).
 """
 
 from deepleak.report.build import main, new_report_dir, report

@@ -18,6 +18,8 @@ from deepleak.report.defences import CSV_NAME, defence_report, split_jobs
 from deepleak.report.figures import metric_figure, montage
 from deepleak.report.groups import _sort_key, group_jobs
 from deepleak.report.jobs import Job, find_jobs
+from deepleak.report.stages import CSV_NAME as STAGES_CSV_NAME
+from deepleak.report.stages import stage_report
 from deepleak.report.tables import (
     CELL_NOTE,
     _label,
@@ -120,6 +122,7 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
         montages = montage(swept, groups, folder)
 
     defences = defence_report(jobs, train_jobs, swept, folder, plots)
+    stages = stage_report(jobs, swept, folder, plots)
     table = markdown_table(swept, groups, metrics)
     statuses = Counter(j.status for j in jobs)
     seeds = sorted({j.seed for j in jobs if j.seed is not None}, key=_sort_key)
@@ -144,9 +147,12 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
         trained = (f"Not in the table: {len(train_jobs)} training job{'s' if len(train_jobs) > 1 else ''} "
                    f"(`deepleak train`: {_status_text(Counter(j.status for j in train_jobs))}): ")
         md += [trained + ("the utility in Defences below." if defences is not None else
+                          "the victims whose stages are in Training stages below." if stages is not None else
                           "a utility, shown only when some attack job has a defence."), ""]
     if defences is not None:
         md += [defences.markdown]
+    if stages is not None:
+        md += [stages.markdown]
     if figures or montages or figure_note:
         md += ["## Figures", ""]
         md += [figure_note] if figure_note else []
@@ -161,6 +167,8 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
     _write(folder / "report.tex", tex_table(swept, groups, metrics))
     if defences is not None:
         _write(folder / CSV_NAME, defences.csv)
+    if stages is not None:
+        _write(folder / STAGES_CSV_NAME, stages.csv)
     return folder
 
 

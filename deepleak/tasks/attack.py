@@ -27,6 +27,7 @@ from deepleak.defences import NoDefence, SecAgg
 from deepleak.errors import DeepleakError
 from deepleak.labels.base import RevealsTruth
 from deepleak.models import build_model
+from deepleak.models.checkpoints import victim_stage
 from deepleak.runs import save_images, write_metrics
 from deepleak.runtime import preload_optimizers, resolve_device, trial_seeds
 from deepleak.scenarios.base import ImportedClient, Observation, PrivateBatch, ProvidesClient
@@ -118,6 +119,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     label_method, attack = objects["labels"], objects["attack"]
     seeds = trial_seeds(cfg.seed, trial)
     rng = np.random.default_rng(seeds["batch"])
+    began = time.perf_counter()  # the trial's clock: timing's client, labels, attack and scoring
 
     # --- the client: private data and what it shares --------------------------------
     client: ImportedClient | None = objects.get("client")
@@ -144,17 +146,22 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     # The naive attacker takes a secure aggregate for one client's update (defence_view).
     view = attacker_view(observation, adaptive=attacks_adaptively(attack))
     started = time.perf_counter()
+    client_seconds = started - began
     restored = label_method.restore(view)
     label_seconds = time.perf_counter() - started
     if objects["wrong_labels"]:
         restored = make_wrong(restored, objects["wrong_labels"], num_classes, rng)
+    attack_began = time.perf_counter()
     reconstruction = attack.reconstruct(view, restored.to(device), seed=seeds["attack"])
+    attack_wall = time.perf_counter() - attack_began
 
     # --- metrics: the only place the truth is used again -----------------------------
     if private is None:  # an imported update without truth: what was restored, unscored
         record = unscored_record(cfg, trial, seeds, restored, label_seconds, observation, reconstruction, run_dir)
         return {**record, "threat_model": threat_model(observation, scored=False, defence=observation.defence),
-                "privacy": privacy(objects["defence"], observation)}
+                "privacy": privacy(objects["defence"], observation),
+                "timing": trial_timing(client_seconds, label_seconds, attack_wall, reconstruction,
+                                       time.perf_counter() - began)}
     true_labels = private.labels.cpu()
     restored_metrics = metrics.label_metrics(restored, true_labels, num_classes)
     record: dict[str, Any] = {
@@ -211,7 +218,27 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         )
     else:
         log.info("trial %d: label accuracy %.3f (labels only)", trial, record["label_accuracy"])
+    record["timing"] = trial_timing(client_seconds, label_seconds, attack_wall, reconstruction,
+                                    time.perf_counter() - began)
     return record
+
+
+def trial_timing(client: float, labels: float, attack_wall: float, reconstruction: Any, total: float) -> dict[str, float]:
+    """Where a trial's seconds went (metrics.json ``timing``): the client's update, the labels,
+    the attack's set-up (everything of ``attack.reconstruct`` but its iterations: the attacker's
+    model and target, priors, kernel choice, the image-gradient check, the pick of the best
+    restart) and iterations, and the scoring (metrics, noise floor, images written). The attack
+    clock ``attack_seconds`` (what ``attack.budget_s`` limits) is set-up after its start plus the
+    iterations."""
+    iterations = reconstruction.iteration_seconds if reconstruction is not None else 0.0
+    return {
+        "client_s": client,
+        "labels_s": labels,
+        "attack_setup_s": max(attack_wall - iterations, 0.0),
+        "attack_iterations_s": iterations,
+        "scoring_s": max(total - client - labels - attack_wall, 0.0),
+        "trial_s": total,
+    }
 
 
 def simulate_clients(cfg: DictConfig, objects: dict[str, Any], model: torch.nn.Module, rng: np.random.Generator,
@@ -362,6 +389,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "preload_seconds": preload_seconds,  # torch._dynamo imported before the attack clock (runtime.preload_optimizers)
+        "victim": None if client else victim_stage(OmegaConf.select(cfg, "model.checkpoint")),  # report metadata only
         "lpips_absent_reason": lpips_metric.absent_reason if lpips_metric else "no image reconstruction",
         "metadata_leaked": dict(objects["scenario"].metadata_leaked),
         "defence": public_defence(objects["defence"]),

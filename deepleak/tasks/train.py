@@ -6,7 +6,12 @@ per-class ``holdout`` fraction for the test accuracy, and writes into its run di
 
 - ``checkpoint.pt``: the model's state dict only (loads with ``torch.load(weights_only=True)``,
   i.e. as ``deepleak attack model=X model.checkpoint=<run dir>/checkpoint.pt``);
-- ``metrics.json``: final train and test accuracy, per-epoch history, sizes, wall time.
+- ``metrics.json``: final train and test accuracy, per-epoch history, sizes, wall time;
+- with ``checkpoint_epochs=[0,1,5]``: ``checkpoints/epoch_N.pt`` (the same state-dict format;
+  epoch 0 is the initial model, before any step) and beside each its stage file
+  ``epoch_N.json`` (:mod:`deepleak.models.checkpoints`: the epoch, the train accuracy of those
+  weights in eval mode, the test accuracy, the run's essentials), listed in metrics.json's
+  ``checkpoints``. An attack on one records the victim's stage (metrics.json's ``victim``).
 
 Accuracies are measured in eval mode. With ``precise_bn`` (default) the batch-norm running
 statistics are recomputed over the training split after every epoch, so eval mode, the
@@ -36,6 +41,11 @@ from deepleak.config import make, make_defence
 from deepleak.defences import Defence, NoDefence, SecAgg
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
+from deepleak.models.checkpoints import (
+    CHECKPOINTS_DIR,
+    epoch_checkpoint_name,
+    write_stage,
+)
 from deepleak.runs import write_metrics
 from deepleak.runtime import resolve_device
 
@@ -52,8 +62,20 @@ def validate(cfg: DictConfig) -> None:
         raise DeepleakError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if not 0.0 <= cfg.holdout < 1.0:
         raise DeepleakError(f"holdout must be in [0, 1), got {cfg.holdout}")
+    check_checkpoint_epochs(list(cfg.get("checkpoint_epochs") or []), cfg.epochs)
     make_defence(cfg)  # a defence's parameters are checked by its constructor
     resolve_device(cfg.device)
+
+
+def check_checkpoint_epochs(epochs: list[int], total: int) -> None:
+    """Each listed epoch in 0..``total`` (0: the initial model), none twice."""
+    for epoch in epochs:
+        if not 0 <= epoch <= total:
+            raise DeepleakError(f"checkpoint_epochs must lie between 0 (the initial model) and epochs={total}, "
+                                f"got {epoch}")
+    repeated = sorted({epoch for epoch in epochs if epochs.count(epoch) > 1})
+    if repeated:
+        raise DeepleakError(f"checkpoint_epochs lists epoch {repeated[0]} more than once")
 
 
 def run_seeds(seed: int) -> dict[str, int]:
@@ -185,14 +207,52 @@ def set_defended_gradient(model: nn.Module, images: torch.Tensor, labels: torch.
         parameter.grad = value.detach().to(parameter.dtype)
 
 
-def save_checkpoint(model: nn.Module, path: Path) -> Path:
+def save_checkpoint(model: nn.Module, path: Path, exclusive: bool = False) -> Path:
     """Write the state dict (tensors on the CPU) atomically: a killed run never leaves half
-    a checkpoint."""
+    a checkpoint. ``exclusive``: refuse a path that exists instead of replacing it."""
     state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(state, temporary)
+    if exclusive:
+        try:
+            try:
+                os.link(temporary, path)  # atomic, and fails on an existing file (os.replace would not)
+            except FileExistsError:
+                raise DeepleakError(f"{path} exists; deepleak never overwrites a stage checkpoint") from None
+            except OSError:  # a file system without hard links
+                if path.exists():
+                    raise DeepleakError(f"{path} exists; deepleak never overwrites a stage checkpoint") from None
+                os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return path
     os.replace(temporary, path)
     return path
+
+
+def stage_folder(run_dir: Path) -> Path:
+    """Create ``run_dir/checkpoints`` for the stage checkpoints; one that exists (a reused run
+    dir) is refused before any training, so nothing is overwritten."""
+    folder = run_dir / CHECKPOINTS_DIR
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        raise DeepleakError(f"{folder} exists; give the run a new directory (deepleak never overwrites "
+                            "a stage checkpoint)") from None
+    return folder
+
+
+def keep_stage(model: nn.Module, folder: Path, epoch: int, train_accuracy: float | None,
+               test_accuracy: float | None, essentials: dict[str, Any]) -> dict[str, Any]:
+    """Write ``epoch_N.pt`` and its stage file into ``folder``; returns metrics.json's entry."""
+    path = save_checkpoint(model, folder / epoch_checkpoint_name(epoch), exclusive=True)
+    stage = write_stage(path, {"epoch": epoch, "train_accuracy": train_accuracy, "test_accuracy": test_accuracy,
+                               **essentials})
+    log.info("checkpoint of epoch %d: train accuracy %s, test accuracy %s: %s", epoch,
+             "n/a" if train_accuracy is None else f"{train_accuracy:.3f}",
+             "n/a" if test_accuracy is None else f"{test_accuracy:.3f}", path)
+    return {"epoch": epoch, "train_accuracy": train_accuracy, "test_accuracy": test_accuracy,
+            "checkpoint": f"{CHECKPOINTS_DIR}/{path.name}", "stage": f"{CHECKPOINTS_DIR}/{stage.name}"}
 
 
 def _model_choice() -> str | None:
@@ -213,6 +273,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = Path(run_dir)
     validate(cfg)
+    stage_epochs = sorted(cfg.get("checkpoint_epochs") or [])
+    stages = stage_folder(run_dir) if stage_epochs else None  # before any work: a reused run dir is refused
     device = resolve_device(cfg.device)
     seeds = run_seeds(cfg.seed)
     dataset = make(cfg.dataset)
@@ -251,13 +313,32 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "defence": dict(defence.public()),
         "privacy": None,  # dp_sgd: epsilon at delta over the steps so far (Opacus's accountant)
         "history": [],
+        "checkpoints": [],  # checkpoint_epochs: {epoch, train_accuracy, test_accuracy, checkpoint, stage}
         "epochs_done": 0,
         "interrupted": False,
     }
+    essentials = {key: result[key] for key in ("model", "dataset", "num_classes", "image_shape", "optimizer", "epochs",
+                                               "batch_size", "holdout", "precise_bn", "train_size", "test_size",
+                                               "seed", "defence")}
+    essentials["train_run"] = str(run_dir.resolve())
+
+    def keep(epoch: int, test_accuracy: float | None) -> None:
+        """The stage of ``epoch``: its train accuracy in eval mode (the history's is the
+        running one, measured before each step) and the given test accuracy."""
+        train_accuracy = evaluate(model, dataset, train_idx, cfg.batch_size, device)
+        result["checkpoints"].append(keep_stage(model, stages, epoch, train_accuracy, test_accuracy, essentials))
+
     log.info("training %s on %d items of %s (%d held out), %d classes, %s px, %d epochs",
              type(model).__name__, len(train_idx), result["dataset"], len(test_idx), dataset.num_classes,
              "x".join(map(str, image_shape[1:])), cfg.epochs)
     steps = 0
+    if 0 in stage_epochs:
+        # The initial model. With precise BN its statistics are recomputed as after every
+        # epoch (the weights are untouched; training resets the statistics before it reads them).
+        if cfg.precise_bn:
+            recompute_bn_statistics(model, dataset, train_idx, cfg.batch_size, device)
+        keep(0, evaluate(model, dataset, test_idx, cfg.batch_size, device))
+        write_metrics(run_dir, result)
     try:
         for epoch in range(1, cfg.epochs + 1):
             epoch_started = time.perf_counter()
@@ -276,6 +357,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             log.info("epoch %d/%d: train loss %.4f, train accuracy %.3f, test accuracy %s (%.1f s)",
                      epoch, cfg.epochs, loss, running_accuracy,
                      "n/a" if test_accuracy is None else f"{test_accuracy:.3f}", seconds)
+            if epoch in stage_epochs:
+                keep(epoch, test_accuracy)
             write_metrics(run_dir, result)
     except KeyboardInterrupt:
         save_checkpoint(model, checkpoint)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Leakage at every stage of training (+experiment=training_stage): train one victim (the default
+# LeNet on the sample set) keeping a checkpoint at each stage, attack every stage, and write one
+# report with leakage against epoch and against the victim's test accuracy (## Training stages).
+#   scripts/reproduce_training_stage.sh hydra/launcher=joblib   # CPU scale, both cores (about 15 min here)
+#   scripts/reproduce_training_stage.sh scale=paper device=cuda # more trials, on a GPU
+# Extra arguments are Hydra overrides of every attack sweep (resume=true continues the newest run);
+# EPOCHS (default 20) and STAGES (default 0,1,2,5,10,20: the epochs attacked, 0 = the initial
+# model) set the training run.
+set -euo pipefail
+parent="outputs/multirun/training_stage/$(date +%Y-%m-%d/%H-%M-%S-%N)"
+for arg in "$@"; do
+  if [[ "$arg" == "resume=true" ]]; then
+    latest="$(ls -d outputs/multirun/training_stage/*/* 2>/dev/null | sort | tail -n 1 || true)"
+    [[ -n "$latest" ]] && parent="$latest"
+  fi
+done
+victim="${parent}/victim"
+if [[ ! -e "${victim}/checkpoint.pt" ]]; then  # a resumed run keeps its victim
+  deepleak train epochs="${EPOCHS:-20}" "checkpoint_epochs=[${STAGES:-0,1,2,5,10,20}]" seed=1000 "hydra.run.dir=${victim}"
+fi
+checkpoints=""
+IFS="," read -r -a stages <<< "${STAGES:-0,1,2,5,10,20}"
+for epoch in "${stages[@]}"; do
+  checkpoints+="${checkpoints:+,}${victim}/checkpoints/epoch_${epoch}.pt"
+done
+# The reconstructions' trials (at smoke scale also their budget), by scale as ${scaled:4,10,1}
+# would give them; plain values, so that each job records a number.
+scale="cpu"
+for arg in "$@"; do
+  if [[ "$arg" == scale=* ]]; then scale="${arg#scale=}"; fi
+done
+case "$scale" in
+  paper) images="trials=10" ;;
+  smoke) images="trials=1 attack.max_evaluations=2" ;;
+  *) images="trials=4" ;;
+esac
+# name (not "images": the report skips folders of that name) | overrides of the preset, whose own
+# sweep is every label method at batch 8, labels only. The reconstructions: deepleak's recipe at
+# its own budget (about 2200 gradient evaluations), with the true labels and the restored ones.
+routes=(
+  "labels|"
+  "labels_idlg|labels=idlg batch_size=1"
+  "reconstruction|attack=geng_plus batch_size=4 distribution=unique labels=oracle,zeroshot_plus ${images}"
+)
+for entry in "${routes[@]}"; do
+  IFS="|" read -r name route_args <<< "$entry"
+  # shellcheck disable=SC2086  # the routes are word lists on purpose
+  deepleak attack -m +experiment=training_stage $route_args "model.checkpoint=${checkpoints}" \
+    "hydra.sweep.dir=${parent}/${name}" "$@" \
+    || echo "training_stage: the ${name} sweep ended with an error; its finished points stay in ${parent}/${name}" >&2
+done
+deepleak report "${parent}"
