@@ -14,33 +14,15 @@ import numpy as np
 import pytest
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
-from deepleak.config import config_dir, precheck, register
+from deepleak.config import precheck
 from deepleak.errors import DeepleakError
 from deepleak.models import ConvNet, build_model
 from deepleak.tasks import train
 from deepleak.config.train import register_train
 
 TINY = ("dataset.num_classes=4", "dataset.resolution=16", "dataset.crops_per_class=16", "batch_size=8")
-
-
-
-@pytest.fixture
-def train_cfg():
-    """Compose conf/train.yaml as the train command would, without running Hydra."""
-    register()
-    register_train()
-
-    def run(*overrides: str):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            return compose(config_name="train", overrides=list(overrides))
-
-    yield run
-    GlobalHydra.instance().clear()
 
 
 def _params_equal(a: nn.Module, b: nn.Module) -> bool:

@@ -22,21 +22,6 @@ from deepleak.tasks import attack, train
 TINY = ("dataset.num_classes=4", "dataset.resolution=16", "dataset.crops_per_class=16", "batch_size=8")
 
 
-@pytest.fixture
-def train_cfg():
-    """Compose conf/train.yaml as the train command would, without running Hydra."""
-    register()
-    register_train()
-
-    def run(*overrides: str):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            return hydra_compose(config_name="train", overrides=list(overrides))
-
-    yield run
-    GlobalHydra.instance().clear()
-
-
 def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
