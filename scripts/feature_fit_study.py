@@ -23,14 +23,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_figures import compose, method_overrides  # noqa: E402
+from label_figures import compose, method_overrides, trial_observations  # noqa: E402
 
 from deepleak import metrics  # noqa: E402
 from deepleak.config import make  # noqa: E402
 from deepleak.errors import DeepleakError  # noqa: E402
-from deepleak.models import build_model  # noqa: E402
-from deepleak.runtime import trial_seeds  # noqa: E402
-from deepleak.scenarios.base import PrivateBatch  # noqa: E402
 
 METHODS = "feature_fit,zeroshot_plus,zeroshot,ilrg,llg"
 
@@ -51,13 +48,7 @@ def cells(methods: list[str], trials: int, seed: int, *overrides: str) -> dict[s
     label_methods = {m: make(compose(*method_overrides(m)).labels) for m in methods}
     accuracy = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
-    for trial in range(trials):
-        seeds = trial_seeds(seed, trial)
-        indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size,
-                                      np.random.default_rng(seeds["batch"]))
-        images, labels = dataset.batch(indices)
-        model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), seeds["model"])
-        observation = scenario.observe(model, PrivateBatch(images, labels), dataset.num_classes)
+    for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
         for name, method in label_methods.items():
             started = time.perf_counter()
             try:

@@ -104,6 +104,26 @@ def duplicates(args) -> None:
     print("| paper: zero-shot | " + " | ".join(f"{a:.1f}" for a in PAPER_ZEROSHOT) + " | | |")
 
 
+def trial_observations(cfg, dataset, distribution, scenario, trials: int, seed: int):
+    """The client part of the task's run_trial for trials 0 .. trials - 1 (same seeds, data,
+    model and scenario): yields (Observation, true labels, the client's seconds)."""
+    import numpy as np
+
+    from deepleak.models import build_model
+    from deepleak.runtime import trial_seeds
+    from deepleak.scenarios.base import PrivateBatch
+
+    for trial in range(trials):
+        started = time.perf_counter()
+        seeds = trial_seeds(seed, trial)
+        indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size,
+                                      np.random.default_rng(seeds["batch"]))
+        images, labels = dataset.batch(indices)
+        model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), seeds["model"])
+        observation = scenario.observe(model, PrivateBatch(images, labels), dataset.num_classes)
+        yield observation, labels, time.perf_counter() - started
+
+
 def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) -> dict[str, dict]:
     """Several label methods on the *same* observations: the client part of the task's
     run_trial (same seeds, data, model and scenario), then every method on its Observation.
@@ -113,9 +133,6 @@ def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) ->
 
     from deepleak import metrics
     from deepleak.config import make
-    from deepleak.models import build_model
-    from deepleak.scenarios.base import PrivateBatch
-    from deepleak.runtime import trial_seeds
 
     cfg = compose(*overrides, f"seed={seed}")
     dataset, distribution, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))
@@ -125,15 +142,8 @@ def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) ->
         label_methods[m] = make(compose(*method_overrides(m)).labels)
     out = {m: {"acc": [], "label_s": []} for m in methods}
     wall = []
-    for trial in range(trials):
-        started = time.perf_counter()
-        seeds = trial_seeds(seed, trial)
-        indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size,
-                                      np.random.default_rng(seeds["batch"]))
-        images, labels = dataset.batch(indices)
-        model = build_model(cfg.model, dataset.num_classes, tuple(dataset.image_shape), seeds["model"])
-        observation = scenario.observe(model, PrivateBatch(images, labels), dataset.num_classes)
-        wall.append(time.perf_counter() - started)
+    for observation, labels, client_seconds in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
+        wall.append(client_seconds)
         for name, method in label_methods.items():
             started = time.perf_counter()
             try:
