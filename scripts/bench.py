@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python scripts/bench.py --quick          # tiny cases, seconds: a smoke run
     python scripts/bench.py --device cuda --threads 8          # the same tables on a GPU
     python scripts/bench.py --sections step,throughput --repeats 7
+    OMP_NUM_THREADS=1 python scripts/bench.py --section quality --quick   # PSNR against wall time, seconds
 
 Every number of a table comes from this process and this run, so ratios compare like with
 like on a shared machine:
@@ -26,6 +27,11 @@ like on a shared machine:
 - **throughput**: reconstructions per minute of LeNet batch 8 with 16 restarts, restarts
   one after another (``GradientMatching``) and as one batched computation
   (``deepleak.attacks.engine.batched_restarts``).
+- **quality** (not in the default ``--sections``; scripts/bench_quality.py): PSNR against
+  attack wall time for deepleak's ``geng``, ``ig`` and ``gradinversion`` (exact and FD
+  settings) and breaching's ``invertinggradients`` on the same batches, models, gradients and
+  true labels, at wall-clock budgets (``--budgets``) and equal iteration counts
+  (``--iterations``); a markdown table and a PNG (``--figure``).
 
 On CPU the clock is the thread's CPU time when torch runs one thread (``--clock auto``):
 another process on the same cores then does not leak into the figures. With more threads,
@@ -56,6 +62,7 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # breaching's torch.jit.script
 warnings.filterwarnings("ignore", category=UserWarning, module="hydra")
+warnings.filterwarnings("ignore", message="\nThe version_base parameter is not specified")  # breaching's hydra.initialize
 os.environ.setdefault("TQDM_DISABLE", "1")  # the attacks' progress bars (read when tqdm is imported)
 
 MODELS = {
@@ -207,16 +214,39 @@ def breaching_available() -> str | None:
     import importlib
 
     try:
-        importlib.import_module("breaching")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # its torch.jit.script, deprecated in torch
+            importlib.import_module("breaching")
     except Exception as error:  # ImportError, or a broken install
         return f"breaching not installed ({type(error).__name__}); pip install breaching==0.1.2 --no-deps"
     return None
 
 
-def breaching_runner(observation, labels, device: torch.device) -> Callable[[int], None]:
-    """breaching's OptimizationBasedAttacker (invertinggradients config: cosine + TV, Adam on
-    signed gradients, box, step-lr) on our model, gradient and labels; run(n) = one trial of n
-    iterations through its own loop."""
+@dataclass
+class BreachingTrial:
+    """breaching's OptimizationBasedAttacker, prepared on our model, gradient and labels:
+    ``attacker``, and what its ``_run_trial`` takes (its reconstruction models, the shared
+    data, the labels, its stats)."""
+
+    attacker: object
+    rec_models: list
+    shared: list
+    labels: torch.Tensor
+    stats: dict
+    shipped_iterations: int  # its config's optim.max_iterations (24 000 for invertinggradients)
+
+    def run(self, iterations: int) -> torch.Tensor:
+        """One trial of ``iterations`` through breaching's own loop; its answer (its best
+        candidate by its objective), (K, C, H, W)."""
+        self.attacker.cfg.optim.max_iterations = iterations
+        return self.attacker._run_trial(self.rec_models, self.shared, self.labels, self.stats, 0)
+
+
+def prepare_breaching(observation, labels, device: torch.device, overrides: tuple[str, ...] = ()) -> BreachingTrial:
+    """breaching 0.1.2's ``invertinggradients`` attacker (cosine + TV, Adam on signed
+    gradients, box, step-lr) with its config's ``overrides``, on our model (batch norm as the
+    client ran it), our shared gradient and ``labels``; its data and model downloads are
+    never touched."""
     import types
 
     import breaching
@@ -225,10 +255,9 @@ def breaching_runner(observation, labels, device: torch.device) -> Callable[[int
     from deepleak.scenarios.recipe import set_bn_mode
 
     GlobalHydra.instance().clear()
-    with contextlib.redirect_stdout(io.StringIO()):
-        cfg = breaching.get_attack_config("invertinggradients", overrides=[
-            "optim.max_iterations=1", "optim.callback=1000000000", "regularization.total_variation.scale=1e-4",
-        ])
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Hydra's note on its missing version_base
+        cfg = breaching.get_attack_config("invertinggradients", overrides=["optim.callback=1000000000", *overrides])
     GlobalHydra.instance().clear()
     logging.getLogger("breaching").setLevel(logging.WARNING)
     model = set_bn_mode(observation.model, observation.recipe.bn_mode)
@@ -248,12 +277,14 @@ def breaching_runner(observation, labels, device: torch.device) -> Callable[[int
         "metadata": {"num_data_points": len(labels), "labels": labels.clone(), "local_hyperparams": None},
     }]
     rec_models, rec_labels, stats = attacker.prepare_attack(payload, shared)
+    return BreachingTrial(attacker, rec_models, shared, rec_labels, stats, int(cfg.optim.max_iterations))
 
-    def run(n: int) -> None:
-        attacker.cfg.optim.max_iterations = n
-        attacker._run_trial(rec_models, shared, rec_labels, stats, 0)
 
-    return run
+def breaching_runner(observation, labels, device: torch.device) -> Callable[[int], None]:
+    """breaching's attacker (its TV scale set to deepleak's TV weight, 1e-4); run(n) = one
+    trial of n iterations through its own loop."""
+    trial = prepare_breaching(observation, labels, device, ("regularization.total_variation.scale=1e-4",))
+    return trial.run
 
 
 # ---------------------------------------------------------------------------- memory
@@ -526,6 +557,20 @@ def section_throughput(args, device: torch.device, clock: Clock) -> None:
               f"| {ratio(per_step, baseline[route], index)} | {ratio(per_step, baseline['exact'], index)} |", flush=True)
 
 
+def quality_module():
+    """scripts/bench_quality.py, loaded from beside this file (scripts/ is no package)."""
+    import importlib.util
+
+    name = "deepleak_bench_quality"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                         "bench_quality.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -543,8 +588,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto")
-    parser.add_argument("--sections", default="step,fedavg,labels,throughput")
-    parser.add_argument("--models", default="", help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument("--sections", "--section", default="step,fedavg,labels,throughput",
+                        help="comma-separated: step, fedavg, labels, throughput, quality (not in the default)")
+    parser.add_argument("--models", default="", help="comma-separated subset of " + ",".join(MODELS)
+                        + " (quality: lenet32, lenet64, resnet18)")
+    quality = parser.add_argument_group("quality section (scripts/bench_quality.py)")
+    quality.add_argument("--batches", default="", help="batch sizes (default 1,4)")
+    quality.add_argument("--budgets", default=None, help="wall-clock budgets in s (default 1,3,10,30; '' for none)")
+    quality.add_argument("--iterations", default=None, help="equal iteration counts (default 100,1000; '' for none)")
+    quality.add_argument("--methods", default="", help="default geng,geng_fd,ig,ig_fd,gradinversion,gradinversion_fd,"
+                         "breaching; also ig_tv0.2, breaching_tv1e-4 (ig-parity diagnostics)")
+    quality.add_argument("--figure", default="outputs/bench/quality.png", help="PNG of PSNR against seconds")
     parser.add_argument("--throughput-steps", type=int, default=20)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--quick", action="store_true", help="tiny cases for a smoke run")
@@ -583,6 +637,8 @@ def main(argv: list[str] | None = None) -> None:
             section_labels(args, device, clock)
         if "throughput" in sections:
             section_throughput(args, device, clock)
+        if "quality" in sections:
+            quality_module().section_quality(args, device, prepare_breaching, breaching_available())
     finally:
         logging.disable(logging.NOTSET)
 

@@ -1,0 +1,64 @@
+"""scripts/bench.py --section quality: a --quick run prints the PSNR table and writes the figure,
+with breaching's rows when it imports and a skip note when it does not."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+ROW = re.compile(r"^\| LeNet width 32 \| 1 \| (?P<method>[^|]+?) \| (?P<budget>[0-9.]+ (s|it\.)) \| "
+                 r"(?P<psnr>[0-9.]+) \[(?P<low>[0-9.]+), (?P<high>[0-9.]+)\] \| (?P<iterations>[0-9]+) \| "
+                 r"[0-9.]+ \| [0-9.]+ \|$")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("deepleak_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def rows(out: str) -> list[dict[str, str]]:
+    return [m.groupdict() for m in map(ROW.match, out.splitlines()) if m]
+
+
+def test_median_interval_brackets_the_median(bench):
+    median, low, high = bench.quality_module().median_interval([10.0, 11.0, 12.0, 13.0, 30.0])
+    assert median == 12.0 and 10.0 <= low <= median <= high <= 30.0
+    assert bench.quality_module().median_interval([7.0]) == (7.0, 7.0, 7.0)
+
+
+def test_quick_quality_run_prints_the_table_and_writes_the_figure(bench, capsys, tmp_path):
+    figure = tmp_path / "quality.png"
+    bench.main(["--quick", "--device", "cpu", "--section", "quality", "--figure", str(figure)])
+    out = capsys.readouterr().out
+    assert "### Quality: PSNR against attack wall time" in out
+    found = rows(out)
+    methods = {row["method"] for row in found}
+    assert {"deepleak geng", "deepleak ig", "deepleak ig FD", "deepleak gradinversion"} <= methods
+    for row in found:
+        assert 0 < float(row["low"]) <= float(row["psnr"]) <= float(row["high"]) < 100
+    # the equal-iteration rows run exactly their count
+    assert all(row["iterations"] == "5" for row in found if row["budget"] == "5 it.")
+    if bench.breaching_available() is None:
+        assert {"breaching ig"} <= methods
+        assert {row["budget"] for row in found if row["method"] == "breaching ig"} == {"0.05 s", "0.2 s", "5 it."}
+    else:
+        assert "breaching rows skipped: breaching not installed" in out
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_breaching_its_rows_are_skipped_with_a_note(bench, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "breaching_available", lambda: "breaching not installed (test)")
+    figure = tmp_path / "quality.png"
+    bench.main(["--quick", "--device", "cpu", "--section", "quality", "--methods", "ig,breaching",
+                "--budgets", "0.05", "--iterations", "", "--figure", str(figure)])
+    out = capsys.readouterr().out
+    assert [row["method"] for row in rows(out)] == ["deepleak ig"]
+    assert "breaching rows skipped: breaching not installed (test)" in out
+    assert figure.exists()
