@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_figures import compose, method_overrides, trial_observations  # noqa: E402
+from label_figures import compose, method_overrides, timed_accuracy, trial_observations  # noqa: E402
 
-from deepleak import metrics  # noqa: E402
 from deepleak.config import make  # noqa: E402
-from deepleak.errors import DeepleakError  # noqa: E402
 
 METHODS = "feature_fit,zeroshot_plus,zeroshot,ilrg,llg"
 
@@ -50,14 +47,10 @@ def cells(methods: list[str], trials: int, seed: int, *overrides: str) -> dict[s
     seconds = {m: [] for m in methods}
     for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
         for name, method in label_methods.items():
-            started = time.perf_counter()
-            try:
-                restored = method.restore(observation)
-            except DeepleakError as error:
-                print(f"refused ({name}): {error}", file=sys.stderr)
-                continue
-            seconds[name].append(time.perf_counter() - started)
-            accuracy[name].append(metrics.label_accuracy(restored, labels, dataset.num_classes))
+            scored = timed_accuracy(method, observation, labels, dataset.num_classes, name)
+            if scored is not None:
+                accuracy[name].append(scored[0])
+                seconds[name].append(scored[1])
     return {m: (*interval(accuracy[m]), len(accuracy[m]), float(np.mean(seconds[m])) if seconds[m] else float("nan"))
             for m in methods}
 

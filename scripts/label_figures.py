@@ -124,6 +124,21 @@ def trial_observations(cfg, dataset, distribution, scenario, trials: int, seed: 
         yield observation, labels, time.perf_counter() - started
 
 
+def timed_accuracy(method, observation, labels, num_classes: int, what: str) -> tuple[float, float] | None:
+    """(label accuracy, seconds) of ``method`` on ``observation``; None, said on stderr, when
+    the method refuses it."""
+    from deepleak import metrics
+
+    started = time.perf_counter()
+    try:
+        restored = method.restore(observation)
+    except DeepleakError as error:
+        print(f"refused ({what}): {error}", file=sys.stderr)
+        return None
+    seconds = time.perf_counter() - started
+    return metrics.label_accuracy(restored, labels, num_classes), seconds
+
+
 def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) -> dict[str, dict]:
     """Several label methods on the *same* observations: the client part of the task's
     run_trial (same seeds, data, model and scenario), then every method on its Observation.
@@ -131,7 +146,6 @@ def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) ->
     costs about a minute on 2 CPU cores)."""
     import numpy as np
 
-    from deepleak import metrics
     from deepleak.config import make
 
     cfg = compose(*overrides, f"seed={seed}")
@@ -145,15 +159,12 @@ def side_by_side(methods: list[str], trials: int, seed: int, *overrides: str) ->
     for observation, labels, client_seconds in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
         wall.append(client_seconds)
         for name, method in label_methods.items():
-            started = time.perf_counter()
-            try:
-                restored = method.restore(observation)
-            except DeepleakError as error:
-                print(f"refused ({name}, {' '.join(overrides)}): {error}", file=sys.stderr)
+            scored = timed_accuracy(method, observation, labels, dataset.num_classes, f"{name}, {' '.join(overrides)}")
+            if scored is None:
                 out[name]["acc"].append(float("nan"))
                 continue
-            out[name]["label_s"].append(time.perf_counter() - started)
-            out[name]["acc"].append(metrics.label_accuracy(restored, labels, dataset.num_classes))
+            out[name]["acc"].append(scored[0])
+            out[name]["label_s"].append(scored[1])
     return {name: {"accuracy": float(np.mean(v["acc"])), "n": len(v["acc"]),
                    "label_s": float(np.mean(v["label_s"])) if v["label_s"] else float("nan"),
                    "client_s": float(np.mean(wall))} for name, v in out.items()}

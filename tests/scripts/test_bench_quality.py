@@ -1,26 +1,12 @@
 """scripts/bench.py --section quality: a --quick run prints the PSNR table and writes the figure,
 with breaching's rows when it imports and a skip note when it does not."""
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
-import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 ROW = re.compile(r"^\| LeNet width 32 \| 1 \| (?P<method>[^|]+?) \| (?P<budget>[0-9.]+ (s|it\.)) \| "
                  r"(?P<psnr>[0-9.]+) \[(?P<low>[0-9.]+), (?P<high>[0-9.]+)\] \| (?P<iterations>[0-9]+) \| "
                  r"[0-9.]+ \| [0-9.]+ \|$")
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("deepleak_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def rows(out: str) -> list[dict[str, str]]:
