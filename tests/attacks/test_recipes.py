@@ -73,7 +73,7 @@ def test_geng_geng_plus_and_ig_values(compose):
     assert plus.iterations == 100 and geng.iterations == 600  # main.py's --Iteration default
     assert compose().attack == plus  # the default
     assert OmegaConf.to_container(ig.optimizer) == {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.1}
-    assert ig.priors.tv.weight == 1e-4 and ig.scheduler.gamma == 0.1
+    assert ig.priors.tv.weight == 0.2 and ig.scheduler.gamma == 0.1  # TV: breaching's invertinggradients
     assert (ig.iterations, ig.restarts, ig.signed, ig.box) == (2000, 2, True, True)
 
 
