@@ -596,8 +596,8 @@ def main(argv: list[str] | None = None) -> None:
     quality.add_argument("--batches", default="", help="batch sizes (default 1,4)")
     quality.add_argument("--budgets", default=None, help="wall-clock budgets in s (default 1,3,10,30; '' for none)")
     quality.add_argument("--iterations", default=None, help="equal iteration counts (default 100,1000; '' for none)")
-    quality.add_argument("--methods", default="", help="default geng,geng_fd,ig,ig_fd,gradinversion,gradinversion_fd,"
-                         "breaching; also ig_tv0.2, breaching_tv1e-4 (ig-parity diagnostics)")
+    quality.add_argument("--methods", default="", help="default geng_plus,geng_plus_fd,geng,geng_fd,ig,ig_fd,gradinversion,"
+                         "gradinversion_fd,breaching; also ig_tv1e-4, breaching_tv1e-4 (ig-parity diagnostics)")
     quality.add_argument("--figure", default="outputs/bench/quality.png", help="PNG of PSNR against seconds")
     parser.add_argument("--throughput-steps", type=int, default=20)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")

@@ -70,6 +70,8 @@ class Method:
 
 
 METHODS = {
+    "geng_plus": Method("deepleak geng_plus (default)", "deepleak", ("attack=geng_plus",), False),
+    "geng_plus_fd": Method("deepleak geng_plus FD", "deepleak", ("attack=geng_plus", *FAST), False),
     "geng": Method("deepleak geng", "deepleak", ("attack=geng",), False),
     "geng_fd": Method("deepleak geng FD", "deepleak", ("attack=geng", *FAST), False),
     "ig": Method("deepleak ig", "deepleak", ("attack=ig",), True),
@@ -77,11 +79,12 @@ METHODS = {
     "gradinversion": Method("deepleak gradinversion", "deepleak", ("attack=gradinversion",), False),
     "gradinversion_fd": Method("deepleak gradinversion FD", "deepleak", ("attack=gradinversion", *FAST), False),
     "breaching": Method("breaching ig", "breaching", (), True),
-    # ig-parity diagnostics (not in the default --methods): each tool with the other's TV weight.
-    "ig_tv0.2": Method("deepleak ig, TV 0.2", "deepleak", ("attack=ig", "attack.priors.tv.weight=0.2"), True),
+    # ig-parity diagnostics (not in the default --methods): each tool with the other's TV weight
+    # (ig's TV weight was 1e-4, the 2020 repository's CLI default, until it took breaching's 0.2).
+    "ig_tv1e-4": Method("deepleak ig, TV 1e-4", "deepleak", ("attack=ig", "attack.priors.tv.weight=1e-4"), True),
     "breaching_tv1e-4": Method("breaching ig, TV 1e-4", "breaching", ("regularization.total_variation.scale=1e-4",), True),
 }
-DEFAULT_METHODS = "geng,geng_fd,ig,ig_fd,gradinversion,gradinversion_fd,breaching"
+DEFAULT_METHODS = "geng_plus,geng_plus_fd,geng,geng_fd,ig,ig_fd,gradinversion,gradinversion_fd,breaching"
 BOOTSTRAP = 10_000
 
 

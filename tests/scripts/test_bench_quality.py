@@ -26,7 +26,7 @@ def test_quick_quality_run_prints_the_table_and_writes_the_figure(bench, capsys,
     assert "### Quality: PSNR against attack wall time" in out
     found = rows(out)
     methods = {row["method"] for row in found}
-    assert {"deepleak geng", "deepleak ig", "deepleak ig FD", "deepleak gradinversion"} <= methods
+    assert {"deepleak geng_plus (default)", "deepleak geng", "deepleak ig", "deepleak ig FD", "deepleak gradinversion"} <= methods
     for row in found:
         assert 0 < float(row["low"]) <= float(row["psnr"]) <= float(row["high"]) < 100
     # the equal-iteration rows run exactly their count
