@@ -36,8 +36,9 @@ case "$scale" in
   *) images="trials=4" ;;
 esac
 # name (not "images": the report skips folders of that name) | overrides of the preset, whose own
-# sweep is every label method at batch 8, labels only. The reconstructions: deepleak's recipe at
-# its own budget (about 2200 gradient evaluations), with the true labels and the restored ones.
+# sweep is every FedSGD label method (feature_fit included) at batch 8, labels only. The
+# reconstructions: deepleak's recipe at its own budget (about 2200 gradient evaluations), with
+# the true labels and the restored ones.
 routes=(
   "labels|"
   "labels_idlg|labels=idlg batch_size=1"

@@ -17,6 +17,7 @@ ROUTES = ["labels=zeroshot, labels only (attack=none), batch_size=8",
           "labels=gradinversion, labels only (attack=none), batch_size=8",
           "labels=llg, labels only (attack=none), batch_size=8",
           "labels=ilrg, labels only (attack=none), batch_size=8",
+          "labels=feature_fit, labels only (attack=none), batch_size=8",
           "labels=idlg, labels only (attack=none), batch_size=1",
           "labels=oracle, labels only (attack=none), batch_size=8",
           "labels=zeroshot_plus, attack=geng_plus, batch_size=4",
@@ -40,7 +41,7 @@ def test_training_stage_script_at_smoke_scale(tmp_path):
     assert stages[2]["test_accuracy"] == trained["history"][1]["test_accuracy"]
 
     jobs = sorted(p.parent for p in parent.glob("*/*/metrics.json") if p.parent.parent.name != "victim")
-    assert len(jobs) == 2 * (6 + 1 + 2)  # two stages x (six label methods, idlg, two reconstructions)
+    assert len(jobs) == 2 * (7 + 1 + 2)  # two stages x (seven label methods, idlg, two reconstructions)
     for job in jobs:
         assert (job / "status").read_text().strip() == "done", job
         block = json.loads((job / "metrics.json").read_text())["victim"]
