@@ -24,24 +24,27 @@ IFS="," read -r -a stages <<< "${STAGES:-0,1,2,5,10,20}"
 for epoch in "${stages[@]}"; do
   checkpoints+="${checkpoints:+,}${victim}/checkpoints/epoch_${epoch}.pt"
 done
-# The reconstructions' trials (at smoke scale also their budget), by scale as ${scaled:4,10,1}
-# would give them; plain values, so that each job records a number.
+# The reconstructions' trials (at smoke scale also their budget) and the FedAvg label methods'
+# trials, by scale as ${scaled:...} would give them; plain values, so that each job records a number.
 scale="cpu"
 for arg in "$@"; do
   if [[ "$arg" == scale=* ]]; then scale="${arg#scale=}"; fi
 done
 case "$scale" in
-  paper) images="trials=10" ;;
-  smoke) images="trials=1 attack.max_evaluations=2" ;;
-  *) images="trials=4" ;;
+  paper) images="trials=10"; fedavg="trials=20" ;;
+  smoke) images="trials=1 attack.max_evaluations=2"; fedavg="trials=1" ;;
+  *) images="trials=4"; fedavg="trials=10" ;;
 esac
 # name (not "images": the report skips folders of that name) | overrides of the preset, whose own
 # sweep is every FedSGD label method (feature_fit included) at batch 8, labels only. The
 # reconstructions: deepleak's recipe at its own budget (about 2200 gradient evaluations), with
-# the true labels and the restored ones.
+# the true labels and the restored ones. FedAvg: the client's default local training (N 8,
+# B 2, E 2, eta 0.01), the paper's zero-shot on the pseudo-gradient, Dimitrov et al.'s and
+# deepleak's weight-based methods.
 routes=(
   "labels|"
   "labels_idlg|labels=idlg batch_size=1"
+  "labels_fedavg|+scenario=fedavg labels=zeroshot,fedavg_interpolated,fedavg_fitted,fedavg_fitted_search ${fedavg}"
   "reconstruction|attack=geng_plus batch_size=4 distribution=unique labels=oracle,zeroshot_plus ${images}"
 )
 for entry in "${routes[@]}"; do

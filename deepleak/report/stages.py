@@ -47,7 +47,9 @@ FIGURES = {"label_accuracy": "fig_stage_label_accuracy.png", "psnr_mean": "fig_s
 #: of a trial (trials: how many; save_images, device ...).
 NOT_ROUTE_KEYS = frozenset({"model.checkpoint", "trials", "save_images", "device", "export_update", *IGNORED_KEYS})
 #: Route order in the section: the label methods as the presets list them.
-LABEL_ORDER = ("zeroshot", "zeroshot_plus", "gradinversion", "llg", "ilrg", "idlg", "oracle")
+LABEL_ORDER = ("zeroshot", "zeroshot_plus", "gradinversion", "llg", "ilrg", "feature_fit", "idlg",
+               "interpolated", "fitted", "fitted_search", "oracle")
+FEDSGD = "fedsgd"  # the scenario a route needs no mark for
 FRESH = "0 (fresh init)"  # the epoch cell of an untrained victim drawn per trial (model.checkpoint=null)
 ACCURACY_DECIMALS = 3
 
@@ -116,41 +118,50 @@ class StageRow:
 
 @dataclass
 class Route:
-    """A label method, attack recipe, batch size and the values of the other swept keys."""
+    """A scenario, label method, attack recipe, batch size and the values of the other swept keys."""
 
     labels: str
     attack: str
     batch_size: str
     others: tuple[str | None, ...]
     rows: list[StageRow]
+    scenario: str = FEDSGD
+
+    def _scenario_text(self) -> str:
+        """``scenario=fedavg, `` for any scenario but FedSGD (the plain route needs no mark)."""
+        return "" if self.scenario in (FEDSGD, NOT_APPLICABLE) else f"scenario={self.scenario}, "
 
     def title(self, other_keys: list[str]) -> str:
         extra = "".join(f", {k}={NOT_APPLICABLE if v is None else v}" for k, v in zip(other_keys, self.others))
         attack = "labels only (attack=none)" if self.attack == "none" else f"attack={self.attack}"
-        return f"labels={self.labels}, {attack}, batch_size={self.batch_size}{extra}"
+        return f"{self._scenario_text()}labels={self.labels}, {attack}, batch_size={self.batch_size}{extra}"
 
     def legend(self, other_keys: list[str]) -> str:
-        """The short name in a figure: ``llg, K=8`` (labels only), ``geng_plus + oracle, K=4``."""
+        """The short name in a figure: ``llg, K=8`` (labels only), ``geng_plus + oracle, K=4``,
+        ``fedavg: zeroshot, K=8``."""
         extra = "".join(f", {k}={NOT_APPLICABLE if v is None else v}" for k, v in zip(other_keys, self.others))
         head = self.labels if self.attack == "none" else f"{self.attack} + {self.labels}"
-        return f"{head}, K={self.batch_size}{extra}"
+        scenario = "" if not self._scenario_text() else f"{self.scenario}: "
+        return f"{scenario}{head}, K={self.batch_size}{extra}"
 
     def metrics(self) -> list[str]:
         """The metrics some row of the route has."""
         return [m for m in TABLE_METRICS if any(isinstance(r.group.stat(m), Stat) for r in self.rows)]
 
 
-def _route_of(job: Job) -> tuple[str, str, str]:
+def _route_of(job: Job) -> tuple[str, str, str, str]:
+    """``(scenario, labels, attack, batch size)`` of a job."""
     metrics = job.metrics or {}
+    scenario = metrics.get("scenario") or job.value("scenario") or FEDSGD
     labels = metrics.get("labels") or job.value("labels") or NOT_APPLICABLE
     attack = metrics.get("recipe") or job.value("attack") or NOT_APPLICABLE
     batch = metrics.get("batch_size", job.value("batch_size"))
-    return str(labels), str(attack), NOT_APPLICABLE if batch is None else str(batch)
+    return str(scenario), str(labels), str(attack), NOT_APPLICABLE if batch is None else str(batch)
 
 
 def _route_order(route: Route) -> tuple:
     labels = LABEL_ORDER.index(route.labels) if route.labels in LABEL_ORDER else len(LABEL_ORDER)
-    return (route.attack != "none", route.attack, labels, route.labels, _sort_key(route.batch_size),
+    return (route.scenario != FEDSGD, route.scenario, route.attack != "none", route.attack, labels, route.labels, _sort_key(route.batch_size),
             tuple(_sort_key(v) for v in route.others))
 
 
@@ -187,10 +198,10 @@ def stage_routes(jobs: list[Job], swept: list[str]) -> tuple[list[Route], list[s
         stage = (_epoch(victim), not _fresh(victim))  # the fresh init sorts before the checkpointed 0
         entries.setdefault(route, {}).setdefault(stage, []).append(job)
     routes = []
-    for (labels, attack, batch, others), stages in entries.items():
+    for (scenario, labels, attack, batch, others), stages in entries.items():
         rows = [StageRow(epoch, not checkpointed, Group((str(epoch),), jobs_))
                 for (epoch, checkpointed), jobs_ in sorted(stages.items())]
-        routes.append(Route(labels, attack, batch, others, rows))
+        routes.append(Route(labels, attack, batch, others, rows, scenario))
     return sorted(routes, key=_route_order), keys, unknown
 
 
@@ -211,18 +222,18 @@ def markdown_route(route: Route, keys: list[str]) -> str:
 
 
 def csv_rows(routes: list[Route], keys: list[str]) -> str:
-    """stages.csv, one row per route and stage: ``labels``, ``attack``, ``batch_size``, the
+    """stages.csv, one row per route and stage: ``scenario``, ``labels``, ``attack``, ``batch_size``, the
     other swept keys, ``epoch``, ``fresh_init`` (true: model.checkpoint=null), ``victims``,
     ``test_accuracy_*`` and ``train_accuracy_*`` (over the distinct victims), ``n``, ``jobs``,
     per metric ``_mean``, ``_std``, ``_ci_low``, ``_ci_high``, ``_n`` (as report.csv)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     accuracy = [f"{key}_{s}" for key in ("test_accuracy", "train_accuracy") for s in CSV_STATS]
-    writer.writerow(["labels", "attack", "batch_size", *keys, "epoch", "fresh_init", "victims", *accuracy, "n", "jobs",
+    writer.writerow(["scenario", "labels", "attack", "batch_size", *keys, "epoch", "fresh_init", "victims", *accuracy, "n", "jobs",
                      *(f"{m}_{s}" for m in TABLE_METRICS for s in CSV_STATS)])
     for route in routes:
         for r in route.rows:
-            row: list[Any] = [route.labels, route.attack, route.batch_size, *("" if v is None else v for v in route.others),
+            row: list[Any] = [route.scenario, route.labels, route.attack, route.batch_size, *("" if v is None else v for v in route.others),
                               r.epoch, "true" if r.fresh else "false", len(r.victims())]
             row += _csv_cells(r.accuracy("test_accuracy")) + _csv_cells(r.accuracy("train_accuracy"))
             row += [len(r.group.records), len(r.group.jobs)]

@@ -28,7 +28,7 @@ def victim(epoch: int | None, *, run: str = TRAIN_RUN, accuracy: tuple[float, fl
 
 
 def attack_job(folder: Path, labels: str, attack: str, batch: int, block: dict | None, label_accuracy: list[float],
-               psnr: list[float] | None = None, seed: int = 1000) -> Path:
+               psnr: list[float] | None = None, seed: int = 1000, scenario: str = "fedsgd") -> Path:
     """An attack job dir as a training_stage sweep leaves it (written by hand); ``block`` None:
     a run made before metrics.json had ``victim``."""
     checkpoint = block["checkpoint"] if block else None
@@ -47,7 +47,7 @@ def attack_job(folder: Path, labels: str, attack: str, batch: int, block: dict |
             record.update(psnr_mean=psnr[i], ssim_mean=0.5, lpips_mean=None, noise_floor=FLOOR,
                           lpips_absent_reason="LPIPS absent: AlexNet weights not found")
         records.append(record)
-    metrics = {"scenario": "fedsgd", "labels": labels, "recipe": attack, "batch_size": batch, "seed": seed,
+    metrics = {"scenario": scenario, "labels": labels, "recipe": attack, "batch_size": batch, "seed": seed,
                "trials": len(records), "trials_done": len(records), "summary": {}, "per_trial": records}
     if block is not None:
         metrics["victim"] = block
@@ -195,3 +195,23 @@ def test_a_further_swept_key_splits_routes_only_where_it_varies(tmp_path):
     assert list(tables(md)) == ["labels=llg, labels only (attack=none), batch_size=8, wrong_labels=0",
                                 "labels=oracle, attack=geng_plus, batch_size=4, wrong_labels=0",
                                 "labels=oracle, attack=geng_plus, batch_size=4, wrong_labels=1"]
+
+
+def test_a_fedavg_route_is_its_own_route_beside_fedsgd(tmp_path):
+    """The same label method under FedSGD and FedAvg (the script's labels_fedavg sweep): two
+    routes, FedAvg's marked and after FedSGD's, and the scenario in stages.csv."""
+    attack_job(tmp_path / "labels" / "0", "zeroshot", "none", 8, victim(0), [1.0, 1.0])
+    attack_job(tmp_path / "labels" / "1", "zeroshot", "none", 8, victim(20), [0.5, 0.25])
+    attack_job(tmp_path / "labels_fedavg" / "0", "zeroshot", "none", 8, victim(0), [0.75, 0.5], scenario="fedavg")
+    attack_job(tmp_path / "labels_fedavg" / "1", "zeroshot", "none", 8, victim(20), [0.25, 0.25], scenario="fedavg")
+    folder = rep.report([tmp_path])
+    found = tables((folder / "report.md").read_text())
+    assert list(found) == ["labels=zeroshot, labels only (attack=none), batch_size=8",
+                           "scenario=fedavg, labels=zeroshot, labels only (attack=none), batch_size=8"]
+    fedavg = found["scenario=fedavg, labels=zeroshot, labels only (attack=none), batch_size=8"]
+    assert [row.split(" | ")[:2] for row in fedavg] == [["| 0", "0.092"], ["| 20", "0.985"]]
+    assert "0.625" in fedavg[0] and "0.250" in fedavg[1]
+    with open(folder / "stages.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["scenario"], r["epoch"], r["label_accuracy_mean"][:5]) for r in rows] == [
+        ("fedsgd", "0", "1.0"), ("fedsgd", "20", "0.375"), ("fedavg", "0", "0.625"), ("fedavg", "20", "0.25")]
