@@ -141,7 +141,7 @@ def ig_attack(iterations: int, restarts: int = 1, image_gradient=None):
     from deepleak.attacks.parts.scheduler import step_decay
 
     return GradientMatching(
-        Cosine(), functools.partial(torch.optim.Adam, lr=0.1), priors={"tv": TotalVariation(1e-4)},
+        Cosine(), functools.partial(torch.optim.Adam, lr=0.1), priors={"tv": TotalVariation(0.2)},
         scheduler=functools.partial(step_decay, gamma=0.1), iterations=iterations, restarts=restarts,
         signed=True, box=True, image_gradient=image_gradient,
     )
@@ -281,9 +281,9 @@ def prepare_breaching(observation, labels, device: torch.device, overrides: tupl
 
 
 def breaching_runner(observation, labels, device: torch.device) -> Callable[[int], None]:
-    """breaching's attacker (its TV scale set to deepleak's TV weight, 1e-4); run(n) = one
+    """breaching's attacker at its shipped config (TV scale 0.2, as deepleak's ig); run(n) = one
     trial of n iterations through its own loop."""
-    trial = prepare_breaching(observation, labels, device, ("regularization.total_variation.scale=1e-4",))
+    trial = prepare_breaching(observation, labels, device)
     return trial.run
 
 
