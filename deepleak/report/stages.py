@@ -3,7 +3,7 @@
 Each attack job records its victim (metrics.json's ``victim``, :mod:`deepleak.models.checkpoints`):
 the epoch of the checkpoint it attacked (0 for an untrained victim), and that checkpoint's
 train and test accuracy as ``deepleak train checkpoint_epochs=[...]`` measured them. This
-section groups the jobs by *route* (label method, attack recipe, batch size and any other
+section groups the jobs by *route* (scenario, label method, attack recipe, batch size and any other
 swept key but the checkpoint) and, within a route, by stage, so that one table per route reads
 down the training run: epoch, the victim's test accuracy, n, label accuracy, PSNR, SSIM (cells
 as in the main table: mean ± std [95% CI] over the pooled trials).
@@ -161,8 +161,8 @@ def _route_of(job: Job) -> tuple[str, str, str, str]:
 
 def _route_order(route: Route) -> tuple:
     labels = LABEL_ORDER.index(route.labels) if route.labels in LABEL_ORDER else len(LABEL_ORDER)
-    return (route.scenario != FEDSGD, route.scenario, route.attack != "none", route.attack, labels, route.labels, _sort_key(route.batch_size),
-            tuple(_sort_key(v) for v in route.others))
+    return (route.scenario != FEDSGD, route.scenario, route.attack != "none", route.attack, labels, route.labels,
+            _sort_key(route.batch_size), tuple(_sort_key(v) for v in route.others))
 
 
 def other_keys(jobs: list[Job], swept: list[str]) -> list[str]:
@@ -222,18 +222,19 @@ def markdown_route(route: Route, keys: list[str]) -> str:
 
 
 def csv_rows(routes: list[Route], keys: list[str]) -> str:
-    """stages.csv, one row per route and stage: ``scenario``, ``labels``, ``attack``, ``batch_size``, the
-    other swept keys, ``epoch``, ``fresh_init`` (true: model.checkpoint=null), ``victims``,
+    """stages.csv, one row per route and stage: ``scenario``, ``labels``, ``attack``,
+    ``batch_size``, the other swept keys, ``epoch``, ``fresh_init`` (true: model.checkpoint=null), ``victims``,
     ``test_accuracy_*`` and ``train_accuracy_*`` (over the distinct victims), ``n``, ``jobs``,
     per metric ``_mean``, ``_std``, ``_ci_low``, ``_ci_high``, ``_n`` (as report.csv)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     accuracy = [f"{key}_{s}" for key in ("test_accuracy", "train_accuracy") for s in CSV_STATS]
-    writer.writerow(["scenario", "labels", "attack", "batch_size", *keys, "epoch", "fresh_init", "victims", *accuracy, "n", "jobs",
-                     *(f"{m}_{s}" for m in TABLE_METRICS for s in CSV_STATS)])
+    writer.writerow(["scenario", "labels", "attack", "batch_size", *keys, "epoch", "fresh_init", "victims", *accuracy,
+                     "n", "jobs", *(f"{m}_{s}" for m in TABLE_METRICS for s in CSV_STATS)])
     for route in routes:
         for r in route.rows:
-            row: list[Any] = [route.scenario, route.labels, route.attack, route.batch_size, *("" if v is None else v for v in route.others),
+            row: list[Any] = [route.scenario, route.labels, route.attack, route.batch_size,
+                              *("" if v is None else v for v in route.others),
                               r.epoch, "true" if r.fresh else "false", len(r.victims())]
             row += _csv_cells(r.accuracy("test_accuracy")) + _csv_cells(r.accuracy("train_accuracy"))
             row += [len(r.group.records), len(r.group.jobs)]
