@@ -7,14 +7,7 @@
 set -euo pipefail
 experiment="$1"
 shift
-stamp="$(date +%Y-%m-%d/%H-%M-%S-%N)"
-sweep="outputs/multirun/${experiment}/${stamp}"
-for arg in "$@"; do
-  # resume=true continues the newest sweep of this preset instead of starting a new one.
-  if [[ "$arg" == "resume=true" ]]; then
-    latest="$(ls -d outputs/multirun/"${experiment}"/*/* 2>/dev/null | sort | tail -n 1 || true)"
-    [[ -n "$latest" ]] && sweep="$latest"
-  fi
-done
+. "$(dirname "$0")/sweep_dir.sh"
+sweep="$(sweep_dir "${experiment}" "$@")"  # resume=true: the newest sweep of this preset
 deepleak attack -m "+experiment=${experiment}" "hydra.sweep.dir=${sweep}" "$@"
 deepleak report "${sweep}"

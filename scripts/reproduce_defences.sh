@@ -8,13 +8,8 @@
 # Extra arguments are Hydra overrides of the attack sweeps (resume=true continues the newest run).
 # TRAIN_EPOCHS (default 10) sets the utility runs' epochs; TRAIN=0 skips them.
 set -euo pipefail
-parent="outputs/multirun/defences/$(date +%Y-%m-%d/%H-%M-%S-%N)"
-for arg in "$@"; do
-  if [[ "$arg" == "resume=true" ]]; then
-    latest="$(ls -d outputs/multirun/defences/*/* 2>/dev/null | sort | tail -n 1 || true)"
-    [[ -n "$latest" ]] && parent="$latest"
-  fi
-done
+. "$(dirname "$0")/sweep_dir.sh"
+parent="$(sweep_dir defences "$@")"
 # name | attack-sweep overrides (the ladder) | train-sweep overrides (the same ladder)
 # (clip is left out of the ladders to keep the CPU run near 1.5 h; its ladder, as an extra run:
 #  deepleak attack -m +experiment=defences defence=clip defence.max_norm=1,0.1,0.01,0.001)

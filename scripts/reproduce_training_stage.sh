@@ -8,13 +8,8 @@
 # EPOCHS (default 20) and STAGES (default 0,1,2,5,10,20: the epochs attacked, 0 = the initial
 # model) set the training run.
 set -euo pipefail
-parent="outputs/multirun/training_stage/$(date +%Y-%m-%d/%H-%M-%S-%N)"
-for arg in "$@"; do
-  if [[ "$arg" == "resume=true" ]]; then
-    latest="$(ls -d outputs/multirun/training_stage/*/* 2>/dev/null | sort | tail -n 1 || true)"
-    [[ -n "$latest" ]] && parent="$latest"
-  fi
-done
+. "$(dirname "$0")/sweep_dir.sh"
+parent="$(sweep_dir training_stage "$@")"
 victim="${parent}/victim"
 if [[ ! -e "${victim}/checkpoint.pt" ]]; then  # a resumed run keeps its victim
   deepleak train epochs="${EPOCHS:-20}" "checkpoint_epochs=[${STAGES:-0,1,2,5,10,20}]" seed=1000 "hydra.run.dir=${victim}"
