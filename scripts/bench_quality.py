@@ -59,6 +59,11 @@ QUALITY_MODELS = {
     "resnet18": ("ResNet-18 (CIFAR)", ("model=resnet18",)),
 }
 FAST = ("attack/image_gradient=finite_difference", "attack.conv_kernels=auto")
+# --scenario: (the scenario's words in a row's model label, overrides of conf/scenario)
+QUALITY_SCENARIOS = {
+    "fedsgd": ("", ()),
+    "fedavg": (", FedAvg N {batch} B 2 E 2 eta 0.01", ("scenario=fedavg",)),
+}
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,20 @@ METHODS = {
     "gradinversion": Method("deepleak gradinversion", "deepleak", ("attack=gradinversion",), False),
     "gradinversion_fd": Method("deepleak gradinversion FD", "deepleak", ("attack=gradinversion", *FAST), False),
     "breaching": Method("breaching ig", "breaching", (), True),
+    # breaching with its schedule planned for the steps that fit the budget (its step time measured
+    # on the batch, outside the clock): its rate decays happen inside the budget, its best here.
+    "breaching_planned": Method("breaching ig, planned for the budget", "breaching", (), False),
+    # FedAvg (--scenario fedavg): the replay and the pseudo-gradient route on the client's shared weights
+    "fedavg_replay": Method("deepleak fedavg_replay (FedAvg default)", "deepleak", ("attack=fedavg_replay",), False),
+    "fedavg_replay_fd": Method("deepleak fedavg_replay FD", "deepleak",
+                               ("attack=fedavg_replay", "attack/image_gradient=finite_difference"), False),
     # ig-parity diagnostics (not in the default --methods): each tool with the other's TV weight
     # (ig's TV weight was 1e-4, the 2020 repository's CLI default, until it took breaching's 0.2).
     "ig_tv1e-4": Method("deepleak ig, TV 1e-4", "deepleak", ("attack=ig", "attack.priors.tv.weight=1e-4"), True),
     "breaching_tv1e-4": Method("breaching ig, TV 1e-4", "breaching", ("regularization.total_variation.scale=1e-4",), True),
 }
 DEFAULT_METHODS = "geng_plus,geng_plus_fd,geng,geng_fd,ig,ig_fd,gradinversion,gradinversion_fd,breaching"
+DEFAULT_FEDAVG_METHODS = "fedavg_replay,geng_plus"
 BOOTSTRAP = 10_000
 
 
@@ -139,7 +152,8 @@ def build_attack(method: Method, **values):
 def private_batches(model_overrides: tuple[str, ...], batch: int, count: int, device: torch.device):
     """``count`` (observation, images, labels, attack seed) of the CLI's trials 0 .. count - 1:
     the configured data set and distribution draw the batch, the model is built from the
-    trial's model seed, the configured scenario (FedSGD) shares the gradient."""
+    trial's model seed, the configured scenario (FedSGD, or FedAvg's shipped client with
+    ``scenario=fedavg`` among the overrides) shares its update."""
     from deepleak.config import make
     from deepleak.models import build_model
     from deepleak.runtime import trial_seeds
@@ -247,22 +261,31 @@ def section_quality(args, device: torch.device, prepare_breaching: Callable, bre
     """Print the table, write the figure (``args.figure``) and the per-batch values beside it."""
     from deepleak.runtime import preload_optimizers
 
-    models = parse_list(args.models or ("lenet32" if args.quick else "lenet32,lenet64,resnet18"), str)
-    batches = parse_list(args.batches or ("1" if args.quick else "1,4"), int)
-    budgets = parse_list(args.budgets if args.budgets is not None else ("0.05,0.2" if args.quick else "1,3,10,30"))
-    iterations = parse_list(args.iterations if args.iterations is not None else ("5" if args.quick else "100,1000"), int)
+    fedavg = args.scenario == "fedavg"
+    models = parse_list(args.models or ("lenet32" if args.quick or fedavg else "lenet32,lenet64,resnet18"), str)
+    batches = parse_list(args.batches or ("1" if args.quick else "4" if fedavg else "1,4"), int)
+    budgets = parse_list(args.budgets if args.budgets is not None else
+                         ("0.05,0.2" if args.quick else "15,30,60,120" if fedavg else "1,3,10,30"))
+    iterations = parse_list(args.iterations if args.iterations is not None else
+                            ("5" if args.quick else "" if fedavg else "100,1000"), int)
     count = min(args.repeats, 2) if args.quick else args.repeats
-    names = parse_list(args.methods or DEFAULT_METHODS, str)
-    unknown = [m for m in models if m not in QUALITY_MODELS] + [n for n in names if n not in METHODS]
+    names = parse_list(args.methods or (DEFAULT_FEDAVG_METHODS if fedavg else DEFAULT_METHODS), str)
+    unknown = ([m for m in models if m not in QUALITY_MODELS] + [n for n in names if n not in METHODS]
+               + ([args.scenario] if args.scenario not in QUALITY_SCENARIOS else []))
     if unknown:
-        raise SystemExit(f"unknown --models/--methods: {unknown}; models {list(QUALITY_MODELS)}, methods {list(METHODS)}")
+        raise SystemExit(f"unknown --models/--methods/--scenario: {unknown}; models {list(QUALITY_MODELS)}, "
+                         f"methods {list(METHODS)}, scenarios {list(QUALITY_SCENARIOS)}")
+    if fedavg and any(METHODS[n].tool == "breaching" for n in names):
+        breaching_skip = "the bench drives breaching on FedSGD gradients only"
     methods = {name: METHODS[name] for name in names if breaching_skip is None or METHODS[name].tool != "breaching"}
+    scenario_words, scenario_overrides = QUALITY_SCENARIOS[args.scenario]
     preload_optimizers()
     if breaching_skip is None and any(m.tool == "breaching" for m in methods.values()):
         import breaching  # noqa: F401  (its import, and its torch.jit.script, before any clock)
 
     print("\n### Quality: PSNR against attack wall time (deepleak vs breaching 0.1.2)\n")
-    print(f"{count} private batches per row (trials 0..{count - 1} of the sample set, distribution=unique, true "
+    update = "FedAvg clients' weights" if fedavg else "private batches"
+    print(f"{count} {update} per row (trials 0..{count - 1} of the sample set, distribution=unique, true "
           "labels). Median PSNR in dB [bootstrap 95 % interval of the median]; median iterations reached, wall "
           "seconds and this thread's CPU seconds (below the wall time on a busy machine). Budget rows: "
           "attack.budget_s (deepleak), its trial stopped at the deadline (breaching); iteration rows: exactly N "
@@ -271,11 +294,12 @@ def section_quality(args, device: torch.device, prepare_breaching: Callable, bre
     print("|---|--:|---|---|---|--:|--:|--:|")
     results: dict[tuple[str, int], dict[Row, Cell]] = {}
     for model_key in models:
-        label, model_overrides = QUALITY_MODELS[model_key]
+        model_label, model_overrides = QUALITY_MODELS[model_key]
         for batch in batches:
-            cases = private_batches(model_overrides, batch, count, device)
-            plan = plan_rows(methods, budgets, iterations, device, prepare_breaching)
-            warm_up(methods, cases[0], device, prepare_breaching)
+            label = model_label + scenario_words.format(batch=batch)
+            cases = private_batches((*model_overrides, *scenario_overrides), batch, count, device)
+            plan = plan_rows(methods, budgets, iterations, device, prepare_breaching, scenario_overrides)
+            warm_up(methods, cases[0], device, prepare_breaching, scenario_overrides)
             cells: dict[Row, Cell] = {row: Cell() for row, _ in plan}
             for case in cases:  # every row on one batch before the next batch
                 for row, run in plan:
@@ -304,12 +328,14 @@ def section_quality(args, device: torch.device, prepare_breaching: Callable, bre
 
 
 def plan_rows(methods: dict[str, Method], budgets: list[float], iterations: list[int], device: torch.device,
-              prepare_breaching: Callable) -> list[tuple[Row, Callable]]:
+              prepare_breaching: Callable, scenario: tuple[str, ...] = ()) -> list[tuple[Row, Callable]]:
     """Each row with its ``run(case) -> Outcome``; deepleak's attacks are built here, once per
-    row, breaching's attacker once per batch and method (outside any clock)."""
+    row (composed with the ``scenario`` overrides), breaching's attacker once per batch and
+    method (outside any clock)."""
     plan: list[tuple[Row, Callable]] = []
     for name, method in methods.items():
         if method.tool == "deepleak":
+            method = dataclasses.replace(method, overrides=(*scenario, *method.overrides))
             attacks = [("budget", b, build_attack(method, budget_s=b)) for b in budgets]
             if method.steps_comparable:
                 attacks += [("iterations", n, build_attack(method, iterations=n, restarts=1)) for n in iterations]
@@ -323,19 +349,44 @@ def plan_rows(methods: dict[str, Method], budgets: list[float], iterations: list
                 prepared[id(case[0])] = prepare_breaching(case[0], case[2], device, overrides)
             return prepared[id(case[0])]
 
+        if name == "breaching_planned":
+            step_s: dict[int, float] = {}
+
+            def planned(case, budget, t=trial, step_s=step_s):
+                if id(case[0]) not in step_s:  # 20 steps after 3, outside any clock
+                    step_s[id(case[0])] = breaching_step_seconds(t(case))
+                return max(1, int(budget / step_s[id(case[0])]))
+
+            plan += [(("budget", b, name), lambda case, b=b, t=trial, p=planned:
+                      run_breaching(t(case), case[3], budget_s=b, iterations=p(case, b))) for b in budgets]
+            continue
         plan += [(("budget", b, name), lambda case, b=b, t=trial: run_breaching(t(case), case[3], budget_s=b))
                  for b in budgets]
-        plan += [(("iterations", n, name), lambda case, n=n, t=trial: run_breaching(t(case), case[3], iterations=n))
-                 for n in iterations]
+        if method.steps_comparable:
+            plan += [(("iterations", n, name), lambda case, n=n, t=trial: run_breaching(t(case), case[3], iterations=n))
+                     for n in iterations]
     return plan
 
 
-def warm_up(methods: dict[str, Method], case, device, prepare_breaching) -> None:
-    """A 3-step run of every method on the first batch: first-call costs (kernels, breaching's
-    scripted cosine, FD's and auto's code paths) are paid before any clock starts."""
+def breaching_step_seconds(trial) -> float:
+    """Wall seconds of one of breaching's steps on this trial: (23 steps - 3 steps) / 20."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        started = time.perf_counter()
+        trial.run(3)
+        short = time.perf_counter() - started
+        started = time.perf_counter()
+        trial.run(23)
+        return max((time.perf_counter() - started - short) / 20, 1e-6)
+
+
+def warm_up(methods: dict[str, Method], case, device, prepare_breaching, scenario: tuple[str, ...] = ()) -> None:
+    """A 3-step run of every method on the first batch (at most 5 s: the replay's order search
+    runs before its steps): first-call costs (kernels, breaching's scripted cosine, FD's and
+    auto's code paths) are paid before any clock starts."""
     for method in methods.values():
         if method.tool == "deepleak":
-            attack = build_attack(method, iterations=3, restarts=1)
+            attack = build_attack(dataclasses.replace(method, overrides=(*scenario, *method.overrides)),
+                                  iterations=3, restarts=1, budget_s=5)
             run_deepleak(attack, case[0], case[2], case[3])
         else:
             trial = prepare_breaching(case[0], case[2], device, method.overrides)

@@ -4,9 +4,11 @@ Per restart a recipe supplies its variables (the images first), an optimiser ove
 ``evaluate()``: one evaluation of its objective at the current variables, which leaves each
 variable's gradient in ``.grad`` and returns (objective, [distance of each member]).
 :func:`descend` steps the optimiser under :class:`Limits` (steps, a wall-clock deadline, an
-evaluation cap) and keeps the iterate sound: a step cut short by the deadline or the cap
-(inside an L-BFGS line search) is undone, a step that turns anything non-finite is undone and
-ends the descent, and Ctrl-C keeps the last complete iterate. :func:`run_restarts` runs the
+evaluation cap) and keeps the iterate sound: a step cut short by the deadline, the cap or
+Ctrl-C (inside an L-BFGS step) ends at the lowest objective it evaluated, which is never above
+the last complete iterate's (an L-BFGS step evaluates that first; a one-evaluation step such
+as Adam's is thus undone), and a step that turns anything non-finite is undone and ends the
+descent. :func:`run_restarts` runs the
 restarts and keeps the one with the smallest final distance.
 """
 
@@ -103,9 +105,11 @@ def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Seq
     - ``scheduler``: stepped after every step; ``before_step(step)`` runs before each.
     - ``what`` names the descent in the progress bar and the log, ``measure`` its distance.
 
-    The variables end at the last complete, finite iterate (changed in place)."""
+    The variables end at the last complete, finite iterate, or at the lowest objective a step
+    cut short evaluated (changed in place)."""
     descent = Descent()
-    state: dict[str, Any] = {"distances": [math.inf], "cause": None}
+    # step_best: (objective, variables) of the lowest finite objective evaluated in this step.
+    state: dict[str, Any] = {"distances": [math.inf], "cause": None, "step_best": None}
 
     def closure() -> torch.Tensor:
         if time.perf_counter() >= limits.deadline:
@@ -115,6 +119,10 @@ def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Seq
             state["cause"] = "evaluations"
             raise _Stop
         total, distances = evaluate()
+        value = float(total)
+        best = state["step_best"]
+        if math.isfinite(value) and (best is None or value < best[0]):
+            state["step_best"] = (value, [v.detach().clone() for v in variables])
         if signed:
             for variable in variables:
                 variable.grad = variable.grad.sign()
@@ -125,26 +133,35 @@ def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Seq
     progress = tqdm(range(limits.steps), desc=what, leave=False, disable=None)
     last_finite = [v.detach().clone() for v in variables]
 
-    def restore() -> None:
+    def restore(saved: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for variable, saved in zip(variables, last_finite):
-                variable.copy_(saved)
+            for variable, value in zip(variables, saved):
+                variable.copy_(value)
+
+    def keep_step_best() -> None:
+        """A step cut short: its lowest evaluated objective (an L-BFGS line search may have
+        moved the variables past it), or the last complete iterate if it evaluated nothing."""
+        best = state["step_best"]
+        restore(last_finite if best is None else best[1])
+        if box and best is not None:
+            with torch.no_grad():
+                variables[0].clamp_(0, 1)
 
     for step in progress:
         if before_step is not None:
             before_step(step)
+        state["step_best"] = None
         try:
             loss = optimizer.step(closure)
         except _Stop:
-            # Undo a step cut short (an L-BFGS line search may have moved the variables).
-            restore()
+            keep_step_best()
             descent.stopped_by_budget = state["cause"] == "budget"
             descent.stopped_by_evaluations = state["cause"] == "evaluations"
             break
         except KeyboardInterrupt:
-            # Keep the last complete iterate; the task records it and then stops.
+            # The task records the result and then stops.
             descent.interrupted = True
-            restore()
+            keep_step_best()
             log.warning("interrupted at step %d of %s; keeping the best result so far", step, what)
             break
         finite = math.isfinite(float(loss)) and all(math.isfinite(d) for d in state["distances"])
@@ -153,7 +170,7 @@ def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Seq
             # Diverged: fall back to the last finite iterate and stop this descent.
             descent.nonfinite = True
             log.warning("%s diverged at step %d; keeping its last finite iterate", what, step)
-            restore()
+            restore(last_finite)
             break
         if box:
             with torch.no_grad():

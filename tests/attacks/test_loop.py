@@ -55,6 +55,23 @@ def test_limits_stop_before_an_evaluation_and_leave_the_iterate():
     assert capped.stopped_by_evaluations and capped.steps == 3 and capped.evaluations == 6 and calls["n"] == 3
 
 
+def test_an_lbfgs_step_cut_short_keeps_its_lowest_evaluated_point():
+    x = torch.tensor([3.0, -1.0, 0.5], requires_grad=True)
+    seen: list[tuple[float, torch.Tensor]] = []
+
+    def evaluate():  # sum((x - 1)^4): L-BFGS needs several line-search evaluations per step
+        x.grad = 4 * (x.detach() - 1) ** 3
+        value = float(((x.detach() - 1) ** 4).sum())
+        seen.append((value, x.detach().clone()))
+        return torch.tensor(value), [value]
+
+    descent = descend(LBFGS([x]), evaluate, [x], Limits(steps=10, evaluations=4))
+    assert descent.stopped_by_evaluations and descent.steps == 0 and len(seen) == 4
+    value, point = min(seen, key=lambda pair: pair[0])
+    assert value < seen[0][0] / 2  # the first step's evaluations went well below the start ...
+    torch.testing.assert_close(x.detach(), point, rtol=0, atol=0)  # ... and the lowest of them is kept
+
+
 def test_box_sign_and_interrupt_in_the_loop():
     x = torch.tensor([0.9, 0.2], requires_grad=True)
     calls = {"n": 0}
