@@ -599,10 +599,10 @@ def main(argv: list[str] | None = None) -> None:
     quality.add_argument("--methods", default="", help="default geng_plus,geng_plus_fd,geng,geng_fd,ig,ig_fd,gradinversion,"
                          "gradinversion_fd,breaching; also breaching_planned (its schedule planned for the budget), ig_tv1e-4, "
                          "breaching_tv1e-4 (ig-parity diagnostics); with --scenario fedavg: fedavg_replay, "
-                         "fedavg_replay_fd, geng_plus")
+                         "fedavg_replay_fd, pseudo_gradient")
     quality.add_argument("--figure", default="outputs/bench/quality.png", help="PNG of PSNR against seconds")
     quality.add_argument("--scenario", default="fedsgd", help="fedsgd | fedavg (the shipped FedAvg client: N = batch, "
-                         "B 2, E 2, eta 0.01; methods fedavg_replay,geng_plus, budgets 15,30,60,120, batch 4)")
+                         "B 2, E 2, eta 0.01; methods fedavg_replay,pseudo_gradient, budgets 15,30,60,120, batch 4)")
     parser.add_argument("--throughput-steps", type=int, default=20)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--quick", action="store_true", help="tiny cases for a smoke run")

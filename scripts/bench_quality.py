@@ -88,6 +88,7 @@ METHODS = {
     # on the batch, outside the clock): its rate decays happen inside the budget, its best here.
     "breaching_planned": Method("breaching ig, planned for the budget", "breaching", (), False),
     # FedAvg (--scenario fedavg): the replay and the pseudo-gradient route on the client's shared weights
+    "pseudo_gradient": Method("deepleak geng_plus on the pseudo-gradient", "deepleak", ("attack=geng_plus",), False),
     "fedavg_replay": Method("deepleak fedavg_replay (FedAvg default)", "deepleak", ("attack=fedavg_replay",), False),
     "fedavg_replay_fd": Method("deepleak fedavg_replay FD", "deepleak",
                                ("attack=fedavg_replay", "attack/image_gradient=finite_difference"), False),
@@ -97,7 +98,7 @@ METHODS = {
     "breaching_tv1e-4": Method("breaching ig, TV 1e-4", "breaching", ("regularization.total_variation.scale=1e-4",), True),
 }
 DEFAULT_METHODS = "geng_plus,geng_plus_fd,geng,geng_fd,ig,ig_fd,gradinversion,gradinversion_fd,breaching"
-DEFAULT_FEDAVG_METHODS = "fedavg_replay,geng_plus"
+DEFAULT_FEDAVG_METHODS = "fedavg_replay,pseudo_gradient"
 BOOTSTRAP = 10_000
 
 

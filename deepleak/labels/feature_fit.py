@@ -24,6 +24,13 @@ negative bias gradient (present classes on a confident model), projected onto th
 step 2: the first uses the K most negative, the others draw K among the negative ones.
 At the true features the objective is ~1e-9; the fit is non-convex and the restarts do
 not always find it (docs/labels.md, trained victims). No dummy inputs, no auxiliary data.
+
+``search`` > 0 (``labels=feature_fit_search``) then searches the label multiset itself: a
+candidate is scored by the same fit with its labels held fixed (each sample's start is the
+class embedding of its label), which reaches ~1e-6 for the true multiset and stays orders of
+magnitude higher for a wrong one. From the restarts' counts, the search moves one label from
+one class to another, takes the best move while it lowers the score below 0.9x, and stops
+after ``search`` scored candidates.
 """
 
 from __future__ import annotations
@@ -51,15 +58,20 @@ class FeatureFit:
     needs = "a bias in the classifier layer, batch_size < num_classes, a sigmoid, ReLU or tanh before it"
     RANK_TOLERANCE = 1e-9  # singular values below this times the largest: rank deficient (float32 gradients sit at ~1e-7 relative)
 
+    SEARCH_GAIN = 0.9  # a move is taken when it lowers the fixed-label score below this times the current one
+    SEARCH_TRIES = 2    # noisy starts per scored candidate
+
     def __init__(self, restarts: int = 8, iterations: int = 200, box: float = 1.0,
-                 rounding: str = "largest_remainder", seed: int = 0) -> None:
-        if restarts < 1 or iterations < 1:
-            raise DeepleakError(f"labels.restarts and labels.iterations must be >= 1, got {restarts} and {iterations}")
+                 rounding: str = "largest_remainder", seed: int = 0, search: int = 0) -> None:
+        if restarts < 1 or iterations < 1 or search < 0:
+            raise DeepleakError(f"labels.restarts and labels.iterations must be >= 1 and labels.search >= 0, "
+                                f"got {restarts}, {iterations} and {search}")
         self.restarts = restarts
         self.iterations = iterations
         self.box = box
         self.rounding = rounding
         self.seed = seed
+        self.search = search
 
     def check(self, observation: Observation) -> tuple[float, float | None]:
         """Refuse what the method cannot work on; returns the features' range."""
@@ -98,10 +110,12 @@ class FeatureFit:
         def onto_plane(a: torch.Tensor) -> torch.Tensor:
             return a - (a @ plane - 1)[:, None] * plane[None, :] / (plane @ plane)
 
-        def objective(a: torch.Tensor) -> torch.Tensor:
+        def objective(a: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
+            """Distance of the implied labels to one-hot: their own argmax, or ``fixed`` (K, N)."""
             softmax = torch.softmax(a @ wv.T + b, dim=1)                    # (K, N)
             labels = softmax - torch.linalg.solve(a.T, g.T)                 # rows y_i = p_i - rho_i
-            onehot = torch.nn.functional.one_hot(labels.argmax(1), labels.shape[1]).double()
+            onehot = fixed if fixed is not None else torch.nn.functional.one_hot(
+                labels.argmax(1), labels.shape[1]).double()
             h = a @ v
             outside = torch.relu(low - h) ** 2 + (torch.relu(h - high) ** 2 if high is not None else 0)
             return ((labels - onehot) ** 2).sum() + self.box * outside.sum()
@@ -122,7 +136,48 @@ class FeatureFit:
                 best_loss, best = loss, a
         if best is None:  # every restart diverged
             return ZeroShotPlus().counts(observation)
-        return torch.softmax(best @ wv.T + b, dim=1).sum(dim=0) - k * db
+        counts = torch.softmax(best @ wv.T + b, dim=1).sum(dim=0) - k * db
+        if not self.search:
+            return counts
+
+        def score(labels: list[int]) -> float:
+            """The fit with ``labels`` held fixed, from their class embeddings: lowest of the tries."""
+            pick = torch.as_tensor(labels)
+            fixed = torch.nn.functional.one_hot(pick, len(db)).double()
+            lowest = float("inf")
+            for _ in range(self.SEARCH_TRIES):
+                a0 = starts[pick] + 0.02 * scale * torch.randn(k, k, generator=generator, dtype=torch.float64)
+                lowest = min(lowest, self._fit(a0, lambda a: objective(a, fixed), onto_plane)[1])
+            return lowest
+
+        start = sorted(counts_to_labels(counts.numpy(), k, self.rounding).tolist())
+        with torch.no_grad():  # the restarts' best fit already scores its own argmax labels
+            implied = torch.softmax(best @ wv.T + b, dim=1) - torch.linalg.solve(best.T, g.T)
+            own = sorted(implied.argmax(1).tolist())
+            known = float(objective(best)) if own == start else float("inf")
+        return torch.as_tensor(self._search(start, score, len(db), known), dtype=torch.float64)
+
+    def _search(self, labels: list[int], score, num_classes: int, known: float = float("inf")) -> list[int]:
+        """Class counts (N,) of the best label multiset found from ``labels`` by single moves
+        (one label to another class), best move first, within ``self.search`` scored candidates;
+        ``known``: a score of ``labels`` already reached (the restarts' fit), kept if lower."""
+        current, scored = sorted(labels), 1
+        current_score = min(score(current), known)
+        while scored < self.search:
+            best_move, best_score = None, self.SEARCH_GAIN * current_score
+            for old in sorted(set(current)):
+                for new in range(num_classes):
+                    if new == old or scored >= self.search:
+                        continue
+                    candidate = sorted([*current[:current.index(old)], *current[current.index(old) + 1:], new])
+                    value = score(candidate)
+                    scored += 1
+                    if value < best_score:
+                        best_move, best_score = candidate, value
+            if best_move is None:
+                break
+            current, current_score = best_move, best_score
+        return [current.count(c) for c in range(num_classes)]
 
     def _fit(self, start: torch.Tensor, objective, onto_plane) -> tuple[torch.Tensor, float]:
         free = start.clone().requires_grad_(True)

@@ -103,3 +103,39 @@ def test_refuses_an_unbounded_activation():
 def test_rejects_bad_settings():
     with pytest.raises(DeepleakError, match="must be >= 1"):
         FeatureFit(restarts=0)
+
+
+def multiset_distance(labels, target):
+    """Labels of ``labels`` not matched in ``target`` (multisets)."""
+    rest = list(target)
+    missing = 0
+    for label in labels:
+        if label in rest:
+            rest.remove(label)
+        else:
+            missing += 1
+    return missing
+
+
+def test_search_walks_single_moves_to_the_lowest_score_and_respects_its_cap():
+    """The multiset search on a crafted score (1e-6 x 10^(labels off the target)): from two
+    labels off it reaches the target's counts exactly; with a cap of 5 scored candidates it
+    stops after them, one move short."""
+    target, start = [1, 1, 4, 8], [1, 4, 4, 7]
+    calls = []
+
+    def score(labels):
+        calls.append(list(labels))
+        return 1e-6 * 10.0 ** multiset_distance(labels, target)
+
+    counts = FeatureFit(search=500)._search(start, score, 10)
+    assert counts == [0, 2, 0, 0, 1, 0, 0, 0, 1, 0]
+    assert calls[0] == sorted(start) and len(calls) <= 500
+    calls.clear()
+    capped = FeatureFit(search=5)._search(start, score, 10)
+    assert len(calls) == 5 and capped == [0, 1, 0, 0, 2, 0, 0, 1, 0, 0]  # no full round: the start's counts
+
+
+def test_search_settings_are_checked():
+    with pytest.raises(DeepleakError, match="labels.search >= 0"):
+        FeatureFit(search=-1)

@@ -53,11 +53,11 @@ def test_without_breaching_its_rows_are_skipped_with_a_note(bench, capsys, monke
 def test_fedavg_scenario_runs_the_replay_and_the_pseudo_gradient_route_on_the_shipped_client(bench, capsys, tmp_path):
     figure = tmp_path / "fedavg.png"
     bench.main(["--quick", "--device", "cpu", "--section", "quality", "--scenario", "fedavg", "--batches", "2",
-                "--budgets", "0.3", "--methods", "fedavg_replay,geng_plus,breaching", "--figure", str(figure)])
+                "--budgets", "0.3", "--methods", "fedavg_replay,pseudo_gradient,breaching", "--figure", str(figure)])
     out = capsys.readouterr().out
     row = re.compile(r"^\| LeNet width 32, FedAvg N 2 B 2 E 2 eta 0.01 \| 2 \| (?P<method>[^|]+?) \| 0.3 s \| "
                      r"(?P<psnr>[0-9.]+) \[")
     found = [m.group("method") for m in map(row.match, out.splitlines()) if m]
-    assert found == ["deepleak fedavg_replay (FedAvg default)", "deepleak geng_plus (default)"]
+    assert found == ["deepleak fedavg_replay (FedAvg default)", "deepleak geng_plus on the pseudo-gradient"]
     assert "breaching rows skipped: the bench drives breaching on FedSGD gradients only" in out
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
