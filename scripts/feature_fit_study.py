@@ -39,13 +39,16 @@ def interval(values: list[float]) -> tuple[float, float]:
     return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / len(x) ** 0.5)
 
 
-def cells(methods: list[str], trials: int, seed: int, *overrides: str) -> dict[str, tuple]:
+def cells(methods: list[str], trials: int, seed: int, *overrides: str, first: int = 0) -> dict[str, tuple]:
     cfg = compose("attack=none", "distribution=random", *overrides, f"seed={seed}")
     dataset, distribution, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))
     label_methods = {m: make(compose(*method_overrides(m)).labels) for m in methods}
     accuracy = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
-    for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
+    for trial, (observation, labels, _) in enumerate(trial_observations(cfg, dataset, distribution, scenario,
+                                                                        first + trials, seed)):
+        if trial < first:  # trials first .. first + trials - 1: split one setting over cores
+            continue
         for name, method in label_methods.items():
             scored = timed_accuracy(method, observation, labels, dataset.num_classes, name)
             if scored is not None:
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--crops", type=int, default=64, help="dataset.crops_per_class")
+    parser.add_argument("--victims", default="untrained,trained", help="untrained, trained or both")
+    parser.add_argument("--first-trial", type=int, default=0, help="trials first .. first + trials - 1")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
     print(f"\nLabel accuracy, mean ± 95% interval over {args.trials} trials (seed {args.seed}), random labels, "
@@ -71,8 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     for setting in args.setting:
         k, classes, width, checkpoint = setting.split(":", 3)
         for victim, path in (("untrained", "null"), ("trained", checkpoint)):
+            if victim not in args.victims.split(","):
+                continue
             row = cells(methods, args.trials, args.seed, f"batch_size={k}", f"dataset.num_classes={classes}",
-                        f"model.width={width}", f"dataset.crops_per_class={args.crops}", f"model.checkpoint={path}")
+                        f"model.width={width}", f"dataset.crops_per_class={args.crops}", f"model.checkpoint={path}",
+                        first=args.first_trial)
             text = [f"{m:.3f} ± {h:.3f} ({s:.2f} s)" if n else "refused" for m, h, n, s in row.values()]
             print(f"| {k} | {classes} | {width} | {victim} | " + " | ".join(text) + " |", flush=True)
 
