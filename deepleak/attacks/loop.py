@@ -8,8 +8,8 @@ evaluation cap) and keeps the iterate sound: a step cut short by the deadline, t
 Ctrl-C (inside an L-BFGS step) ends at the lowest objective it evaluated, which is never above
 the last complete iterate's (an L-BFGS step evaluates that first; a one-evaluation step such
 as Adam's is thus undone), and a step that turns anything non-finite is undone and ends the
-descent. :func:`run_restarts` runs the
-restarts and keeps the one with the smallest final distance.
+descent. :func:`run_restarts` runs the restarts and keeps the one with the smallest final
+distance.
 """
 
 from __future__ import annotations
