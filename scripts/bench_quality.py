@@ -278,8 +278,11 @@ def section_quality(args, device: torch.device, prepare_breaching: Callable, bre
                          f"methods {list(METHODS)}, scenarios {list(QUALITY_SCENARIOS)}")
     if fedavg and any(METHODS[n].tool == "breaching" for n in names):
         breaching_skip = "the bench drives breaching on FedSGD gradients only"
-    methods = {name: METHODS[name] for name in names if breaching_skip is None or METHODS[name].tool != "breaching"}
     scenario_words, scenario_overrides = QUALITY_SCENARIOS[args.scenario]
+    # deepleak's attacks are composed with the scenario's overrides (breaching runs FedSGD only)
+    methods = {name: dataclasses.replace(METHODS[name], overrides=(*scenario_overrides, *METHODS[name].overrides))
+               if METHODS[name].tool == "deepleak" else METHODS[name]
+               for name in names if breaching_skip is None or METHODS[name].tool != "breaching"}
     preload_optimizers()
     if breaching_skip is None and any(m.tool == "breaching" for m in methods.values()):
         import breaching  # noqa: F401  (its import, and its torch.jit.script, before any clock)
@@ -299,8 +302,8 @@ def section_quality(args, device: torch.device, prepare_breaching: Callable, bre
         for batch in batches:
             label = model_label + scenario_words.format(batch=batch)
             cases = private_batches((*model_overrides, *scenario_overrides), batch, count, device)
-            plan = plan_rows(methods, budgets, iterations, device, prepare_breaching, scenario_overrides)
-            warm_up(methods, cases[0], device, prepare_breaching, scenario_overrides)
+            plan = plan_rows(methods, budgets, iterations, device, prepare_breaching)
+            warm_up(methods, cases[0], device, prepare_breaching)
             cells: dict[Row, Cell] = {row: Cell() for row, _ in plan}
             for case in cases:  # every row on one batch before the next batch
                 for row, run in plan:
@@ -329,14 +332,12 @@ def section_quality(args, device: torch.device, prepare_breaching: Callable, bre
 
 
 def plan_rows(methods: dict[str, Method], budgets: list[float], iterations: list[int], device: torch.device,
-              prepare_breaching: Callable, scenario: tuple[str, ...] = ()) -> list[tuple[Row, Callable]]:
+              prepare_breaching: Callable) -> list[tuple[Row, Callable]]:
     """Each row with its ``run(case) -> Outcome``; deepleak's attacks are built here, once per
-    row (composed with the ``scenario`` overrides), breaching's attacker once per batch and
-    method (outside any clock)."""
+    row, breaching's attacker once per batch and method (outside any clock)."""
     plan: list[tuple[Row, Callable]] = []
     for name, method in methods.items():
         if method.tool == "deepleak":
-            method = dataclasses.replace(method, overrides=(*scenario, *method.overrides))
             attacks = [("budget", b, build_attack(method, budget_s=b)) for b in budgets]
             if method.steps_comparable:
                 attacks += [("iterations", n, build_attack(method, iterations=n, restarts=1)) for n in iterations]
@@ -380,14 +381,13 @@ def breaching_step_seconds(trial) -> float:
         return max((time.perf_counter() - started - short) / 20, 1e-6)
 
 
-def warm_up(methods: dict[str, Method], case, device, prepare_breaching, scenario: tuple[str, ...] = ()) -> None:
+def warm_up(methods: dict[str, Method], case, device, prepare_breaching) -> None:
     """A 3-step run of every method on the first batch (at most 5 s: the replay's order search
     runs before its steps): first-call costs (kernels, breaching's scripted cosine, FD's and
     auto's code paths) are paid before any clock starts."""
     for method in methods.values():
         if method.tool == "deepleak":
-            attack = build_attack(dataclasses.replace(method, overrides=(*scenario, *method.overrides)),
-                                  iterations=3, restarts=1, budget_s=5)
+            attack = build_attack(method, iterations=3, restarts=1, budget_s=5)
             run_deepleak(attack, case[0], case[2], case[3])
         else:
             trial = prepare_breaching(case[0], case[2], device, method.overrides)

@@ -45,10 +45,7 @@ def cells(methods: list[str], trials: int, seed: int, *overrides: str, first: in
     label_methods = {m: make(compose(*method_overrides(m)).labels) for m in methods}
     accuracy = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
-    for trial, (observation, labels, _) in enumerate(trial_observations(cfg, dataset, distribution, scenario,
-                                                                        first + trials, seed)):
-        if trial < first:  # trials first .. first + trials - 1: split one setting over cores
-            continue
+    for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed, first):
         for name, method in label_methods.items():
             scored = timed_accuracy(method, observation, labels, dataset.num_classes, name)
             if scored is not None:

@@ -104,16 +104,16 @@ def duplicates(args) -> None:
     print("| paper: zero-shot | " + " | ".join(f"{a:.1f}" for a in PAPER_ZEROSHOT) + " | | |")
 
 
-def trial_observations(cfg, dataset, distribution, scenario, trials: int, seed: int):
-    """The client part of the task's run_trial for trials 0 .. trials - 1 (same seeds, data,
-    model and scenario): yields (Observation, true labels, the client's seconds)."""
+def trial_observations(cfg, dataset, distribution, scenario, trials: int, seed: int, first: int = 0):
+    """The client part of the task's run_trial for trials first .. first + trials - 1 (same
+    seeds, data, model and scenario): yields (Observation, true labels, the client's seconds)."""
     import numpy as np
 
     from deepleak.models import build_model
     from deepleak.runtime import trial_seeds
     from deepleak.scenarios.base import PrivateBatch
 
-    for trial in range(trials):
+    for trial in range(first, first + trials):
         started = time.perf_counter()
         seeds = trial_seeds(seed, trial)
         indices = distribution.sample(dataset.targets, dataset.num_classes, cfg.batch_size,

@@ -108,7 +108,8 @@ def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Seq
     The variables end at the last complete, finite iterate, or at the lowest objective a step
     cut short evaluated (changed in place)."""
     descent = Descent()
-    # step_best: (objective, variables) of the lowest finite objective evaluated in this step.
+    # step_best: (objective, variables) of the lowest finite objective evaluated in this step;
+    # variables None: the step's first evaluation, which is at the last complete iterate.
     state: dict[str, Any] = {"distances": [math.inf], "cause": None, "step_best": None}
 
     def closure() -> torch.Tensor:
@@ -121,7 +122,9 @@ def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Seq
         total, distances = evaluate()
         value = float(total)
         best = state["step_best"]
-        if math.isfinite(value) and (best is None or value < best[0]):
+        if best is None:
+            state["step_best"] = (value if math.isfinite(value) else math.inf, None)
+        elif math.isfinite(value) and value < best[0]:
             state["step_best"] = (value, [v.detach().clone() for v in variables])
         if signed:
             for variable in variables:
@@ -142,8 +145,9 @@ def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Seq
         """A step cut short: its lowest evaluated objective (an L-BFGS line search may have
         moved the variables past it), or the last complete iterate if it evaluated nothing."""
         best = state["step_best"]
-        restore(last_finite if best is None else best[1])
-        if box and best is not None:
+        moved = best is not None and best[1] is not None
+        restore(best[1] if moved else last_finite)
+        if box and moved:
             with torch.no_grad():
                 variables[0].clamp_(0, 1)
 

@@ -136,7 +136,8 @@ class FeatureFit:
                 best_loss, best = loss, a
         if best is None:  # every restart diverged
             return ZeroShotPlus().counts(observation)
-        counts = torch.softmax(best @ wv.T + b, dim=1).sum(dim=0) - k * db
+        softmax = torch.softmax(best @ wv.T + b, dim=1)
+        counts = softmax.sum(dim=0) - k * db
         if not self.search:
             return counts
 
@@ -151,10 +152,9 @@ class FeatureFit:
             return lowest
 
         start = sorted(counts_to_labels(counts.numpy(), k, self.rounding).tolist())
-        with torch.no_grad():  # the restarts' best fit already scores its own argmax labels
-            implied = torch.softmax(best @ wv.T + b, dim=1) - torch.linalg.solve(best.T, g.T)
-            own = sorted(implied.argmax(1).tolist())
-            known = float(objective(best)) if own == start else float("inf")
+        # The restarts' best fit already scores its own argmax labels (best_loss).
+        own = sorted((softmax - torch.linalg.solve(best.T, g.T)).argmax(1).tolist())
+        known = best_loss if own == start else float("inf")
         return torch.as_tensor(self._search(start, score, len(db), known), dtype=torch.float64)
 
     def _search(self, labels: list[int], score, num_classes: int, known: float = float("inf")) -> list[int]:
@@ -169,7 +169,9 @@ class FeatureFit:
                 for new in range(num_classes):
                     if new == old or scored >= self.search:
                         continue
-                    candidate = sorted([*current[:current.index(old)], *current[current.index(old) + 1:], new])
+                    candidate = list(current)
+                    candidate.remove(old)
+                    candidate = sorted([*candidate, new])
                     value = score(candidate)
                     scored += 1
                     if value < best_score:
