@@ -7,7 +7,8 @@ dict is a Python float/int/str/bool/None or a list of those, so ``json.dumps`` w
 - :mod:`deepleak.metrics.images`: MSE, PSNR, SSIM, pairing reconstructions with originals,
   ``image_metrics``.
 - :mod:`deepleak.metrics.lpips`: LPIPS from local weights only (``load_lpips``).
-- :mod:`deepleak.metrics.labels`: label and count accuracies, ``label_metrics``.
+- :mod:`deepleak.metrics.labels`: label and count accuracies, ``label_metrics``; the label noise
+  floor (``label_floor``: the accuracy of a blind, flat guess of the counts).
 - :mod:`deepleak.metrics.noise_floor`: the PSNR/SSIM of uniform noise and of the data set's
   mean image against the private batch, the level an attack must beat (``noise_floor``).
 
@@ -29,7 +30,9 @@ from deepleak.metrics.labels import (
     exact_batch,
     existence_accuracy,
     existence_jaccard,
+    flat_guess,
     label_accuracy,
+    label_floor,
     label_metrics,
 )
 from deepleak.metrics.lpips import (
@@ -65,7 +68,9 @@ __all__ = [
     "existence_accuracy",
     "existence_jaccard",
     "image_metrics",
+    "flat_guess",
     "label_accuracy",
+    "label_floor",
     "label_metrics",
     "load_lpips",
     "mse",

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from deepleak.errors import DeepleakError
-from deepleak.report.constants import REPORT_NAME, UNREADABLE
+from deepleak.report.constants import REFERENCE_METRICS, REPORT_NAME, UNREADABLE
 from deepleak.report.defences import CSV_NAME, defence_report, split_jobs
 from deepleak.report.figures import metric_figure, montage
 from deepleak.report.groups import _sort_key, group_jobs
@@ -116,6 +116,8 @@ def report(paths: list[str | Path], out: Path | None = None) -> Path:
         log.warning("matplotlib is not installed: no figures")
     else:
         for m in metrics:
+            if m in REFERENCE_METRICS:  # drawn inside its metric's figure
+                continue
             path = folder / f"fig_{m}.png"
             if metric_figure(m, swept, groups, path):
                 figures.append(path)

@@ -7,11 +7,14 @@ from __future__ import annotations
 #: The metrics reported, with the header and the number of decimals used in md and tex.
 METRICS: dict[str, tuple[str, int]] = {
     "label_accuracy": ("label acc.", 3),
+    "label_floor": ("label floor", 3),  # a blind flat guess's label acc. (the label noise floor)
     "count_accuracy": ("count acc.", 3),
     "psnr_mean": ("PSNR (dB)", 2),
     "ssim_mean": ("SSIM", 3),
     "lpips_mean": ("LPIPS", 3),
 }
+#: Columns that are references for another metric: tabled, drawn inside that metric's figure.
+REFERENCE_METRICS = ("label_floor",)
 #: Override keys that never separate groups (seed: a repeat; first_trial: a part of the same
 #: trials; the others change no result).
 IGNORED_KEYS = ("seed", "first_trial", "resume", "threads")

@@ -64,6 +64,8 @@ def metric_figure(metric: str, swept: list[str], groups: list[Group], path: Path
         ax.set_xticks(range(len(points)), labels, rotation=30 if len(points) > 3 else 0, ha="right"
                       if len(points) > 3 else "center", fontsize="small")
     floors = _floor_lines(ax, metric, groups)
+    if metric == "label_accuracy":
+        floors = _label_floor_line(ax, groups, xk, swept) or floors
     if others or floors:
         ax.legend(fontsize="small")
     ax.set_ylabel(title)
@@ -89,6 +91,26 @@ def _floor_lines(ax: Any, metric: str, groups: list[Group]) -> bool:
             ax.axhline(stat.mean, linestyle="--" if n == 0 else ":", color="grey", linewidth=1, label=label)
             drawn = True
     return drawn
+
+
+def _label_floor_line(ax: Any, groups: list[Group], xk: str | None, swept: list[str]) -> bool:
+    """The label noise floor (a flat guess's label accuracy, metrics.json's ``label_floor``),
+    grey and dashed: its mean at each x value (it depends on the batch size), or one level."""
+    floors = [(g, g.stat("label_floor")) for g in groups]
+    floors = [(g, s) for g, s in floors if isinstance(s, Stat)]
+    if not floors:
+        return False
+    style = {"linestyle": "--", "color": "grey", "linewidth": 1, "label": "label floor (flat guess)"}
+    if xk is None:
+        ax.axhline(float(np.mean([s.mean for _, s in floors])), **style)
+        return True
+    xi = swept.index(xk)
+    by_x: dict[float, list[float]] = {}
+    for g, stat in floors:
+        by_x.setdefault(float(g.values[xi]), []).append(stat.mean)
+    xs = sorted(by_x)
+    ax.plot(xs, [float(np.mean(by_x[x])) for x in xs], **style)
+    return True
 
 
 def montage(swept: list[str], groups: list[Group], folder: Path) -> list[Path]:

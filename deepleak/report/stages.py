@@ -41,7 +41,7 @@ from deepleak.report.tables import CSV_STATS, _cell, _csv_cells, _status_text
 log = logging.getLogger(__name__)
 
 CSV_NAME = "stages.csv"
-TABLE_METRICS = ("label_accuracy", "psnr_mean", "ssim_mean")
+TABLE_METRICS = ("label_accuracy", "label_floor", "psnr_mean", "ssim_mean")
 FIGURES = {"label_accuracy": "fig_stage_label_accuracy.png", "psnr_mean": "fig_stage_psnr.png"}
 #: Swept keys that are not part of a route: the stage itself, and keys that change no result
 #: of a trial (trials: how many; save_images, device ...).
@@ -295,13 +295,25 @@ def _mean_image_floor(routes: list[Route]) -> Stat | None:
     return None
 
 
+def _label_floors(routes: list[Route]) -> dict[str, Stat]:
+    """The label noise floor (a flat guess's label accuracy) per batch size (it depends on it),
+    pooled over the routes' trials of that batch size."""
+    values: dict[str, list[Any]] = {}
+    for route in routes:
+        values.setdefault(route.batch_size, []).extend(
+            record.get("label_floor") for r in route.rows for record in r.group.records)
+    floors = {k: finite_numbers(v) for k, v in values.items()}
+    return {k: describe(v) for k, v in sorted(floors.items(), key=lambda item: _sort_key(item[0])) if v}
+
+
 # --------------------------------------------------------------------------- figures
 
 def stage_figure(metric: str, routes: list[Route], keys: list[str], path: Path) -> bool:
     """``metric`` against epoch (left; symmetric log axis past 8 epochs, the fresh init an open
     marker at 0) and against the victim's mean test accuracy (right; points joined in training
     order, each distinct accuracy labelled with its epochs), one colour and marker per route,
-    bars = 95 % intervals; for PSNR the mean image's noise floor dashed. False (nothing
+    bars = 95 % intervals; for PSNR the mean image's noise floor dashed, for label accuracy the
+    flat guess's, one line per batch size. False (nothing
     written) when no route has the metric."""
     from matplotlib.figure import Figure  # only the report needs matplotlib
     from matplotlib.transforms import blended_transform_factory
@@ -353,11 +365,15 @@ def stage_figure(metric: str, routes: list[Route], keys: list[str], path: Path) 
     for accuracy, at in sorted(accuracies.items()):
         by_accuracy.text(accuracy, 0.02, ",".join(str(e) for e in sorted(at)), transform=below, fontsize="x-small",
                          ha="center", color="dimgrey")
-    floor = _mean_image_floor(drawn) if metric == "psnr_mean" else None
+    if metric == "psnr_mean":
+        image_floor = _mean_image_floor(drawn)
+        floors = {"noise floor: mean image": image_floor} if image_floor is not None else {}
+    else:
+        floors = {f"label floor (flat guess), K={k}": f for k, f in _label_floors(drawn).items()}
     for ax in (by_epoch, by_accuracy):
-        if floor is not None:
-            ax.axhline(floor.mean, linestyle="--", linewidth=1, color="grey",
-                       label="noise floor: mean image" if ax is by_epoch else None)
+        for n, (floor_label, floor) in enumerate(floors.items()):
+            ax.axhline(floor.mean, linestyle=("--", ":", "-.")[n % 3], linewidth=1, color="grey",
+                       label=floor_label if ax is by_epoch else None)
         if metric.endswith("accuracy"):
             ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)

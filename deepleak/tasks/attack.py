@@ -39,7 +39,7 @@ from deepleak.scenarios.threat_model import threat_model
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = (
-    "label_accuracy", "count_accuracy", "count_accuracy_present", "existence_accuracy",
+    "label_accuracy", "label_floor", "count_accuracy", "count_accuracy_present", "existence_accuracy",
     "exact_batch", "restored_label_accuracy", "attack_label_accuracy", "evaluations", "psnr_mean", "ssim_mean", "lpips_mean", "mse_mean", "gradient_distance",
     "attack_seconds",
 )
@@ -176,6 +176,8 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         **restored_metrics,
         "labels_source": "restored",
         "restored_label_accuracy": restored_metrics["label_accuracy"],
+        # The label noise floor: a blind, flat guess of the counts scored the same way.
+        "label_floor": metrics.label_floor(true_labels, num_classes),
         "threat_model": threat_model(observation, scored=True, defence=observation.defence),
         "privacy": privacy(objects["defence"], observation),
     }

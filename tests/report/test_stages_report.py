@@ -8,9 +8,11 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deepleak import report as rep
+from deepleak.report import stages
 
 FLOOR = {"uniform": {"psnr": 7.0, "ssim": 0.01}, "mean_image": {"psnr": 12.0, "ssim": 0.2}, "mean_image_over": 256}
 TRAIN_RUN = "/runs/train/victim"
@@ -28,7 +30,8 @@ def victim(epoch: int | None, *, run: str = TRAIN_RUN, accuracy: tuple[float, fl
 
 
 def attack_job(folder: Path, labels: str, attack: str, batch: int, block: dict | None, label_accuracy: list[float],
-               psnr: list[float] | None = None, seed: int = 1000, scenario: str = "fedsgd") -> Path:
+               psnr: list[float] | None = None, seed: int = 1000, scenario: str = "fedsgd",
+               label_floor: list[float] | None = None) -> Path:
     """An attack job dir as a training_stage sweep leaves it (written by hand); ``block`` None:
     a run made before metrics.json had ``victim``."""
     checkpoint = block["checkpoint"] if block else None
@@ -43,6 +46,8 @@ def attack_job(folder: Path, labels: str, attack: str, batch: int, block: dict |
     records = []
     for i, accuracy in enumerate(label_accuracy):
         record = {"trial": i, "label_accuracy": accuracy}
+        if label_floor is not None:
+            record["label_floor"] = label_floor[i]
         if psnr is not None:
             record.update(psnr_mean=psnr[i], ssim_mean=0.5, lpips_mean=None, noise_floor=FLOOR,
                           lpips_absent_reason="LPIPS absent: AlexNet weights not found")
@@ -215,3 +220,22 @@ def test_a_fedavg_route_is_its_own_route_beside_fedsgd(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [(r["scenario"], r["epoch"], r["label_accuracy_mean"][:5]) for r in rows] == [
         ("fedsgd", "0", "1.0"), ("fedsgd", "20", "0.375"), ("fedavg", "0", "0.625"), ("fedavg", "20", "0.25")]
+
+
+def test_the_label_floor_is_a_column_beside_label_accuracy_and_a_line_per_batch_size(tmp_path):
+    root = tmp_path / "sweep"
+    attack_job(root / "labels" / "0", "llg", "none", 8, victim(20), [0.5, 0.75], label_floor=[0.5, 0.625])
+    attack_job(root / "labels" / "1", "llg", "none", 8, victim(0), [1.0, 1.0], label_floor=[0.625, 0.625])
+    attack_job(root / "labels" / "2", "llg", "none", 64, victim(0), [0.5, 0.5], label_floor=[0.875, 0.8125])
+    routes, _, _ = stages.stage_routes(rep.find_jobs([root]), ["labels", "batch_size", "model.checkpoint"])
+    floors = stages._label_floors(routes)
+    assert list(floors) == ["8", "64"]
+    assert floors["8"].mean == pytest.approx(0.59375) and floors["8"].n == 4
+    assert floors["64"].mean == pytest.approx(0.84375)
+    folder = rep.report([root])
+    rows = tables((folder / "report.md").read_text())
+    assert rows["labels=llg, labels only (attack=none), batch_size=8"][0].startswith("| 0 | 0.092 | 2 | 1.000 ± 0.000")
+    assert "| 0.625 ± 0.000 [0.625, 0.625] |" in rows["labels=llg, labels only (attack=none), batch_size=8"][0]
+    assert "label floor" in (folder / "report.md").read_text().split("### ")[1].splitlines()[2]
+    with open(folder / "stages.csv", newline="") as handle:
+        assert float(next(csv.DictReader(handle))["label_floor_mean"]) == 0.625
