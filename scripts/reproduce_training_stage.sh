@@ -32,15 +32,17 @@ case "$scale" in
 esac
 # name (not "images": the report skips folders of that name) | overrides of the preset, whose own
 # sweep is every FedSGD label method (feature_fit included) at batch 8, labels only. The
-# reconstructions: deepleak's recipe at its own budget (about 2200 gradient evaluations), with
-# the true labels and the restored ones. FedAvg: the client's default local training (N 8,
-# B 2, E 2, eta 0.01), the paper's zero-shot on the pseudo-gradient, Dimitrov et al.'s and
+# reconstructions: the default recipe (geng_plus) with the true labels, and deepleak's recipe for
+# trained victims (cosine_lbfgs) with the true labels and with feature_fit_search's, each at its
+# own budget (about 2200 gradient evaluations). FedAvg: the client's default local training
+# (N 8, B 2, E 2, eta 0.01), the paper's zero-shot on the pseudo-gradient, Dimitrov et al.'s and
 # deepleak's weight-based methods.
 routes=(
   "labels|"
   "labels_idlg|labels=idlg batch_size=1"
   "labels_fedavg|+scenario=fedavg labels=zeroshot,fedavg_interpolated,fedavg_fitted,fedavg_fitted_search ${fedavg}"
-  "reconstruction|attack=geng_plus batch_size=4 distribution=unique labels=oracle,zeroshot_plus ${images}"
+  "reconstruction|attack=geng_plus batch_size=4 distribution=unique labels=oracle ${images}"
+  "reconstruction_cosine|attack=cosine_lbfgs batch_size=4 distribution=unique labels=oracle,feature_fit_search ${images}"
 )
 for entry in "${routes[@]}"; do
   IFS="|" read -r name route_args <<< "$entry"

@@ -25,7 +25,7 @@ from deepleak.scenarios import FedSGD, PrivateBatch
 
 from crafted import noise_floor_psnr
 
-RECIPES = ["geng", "geng_plus", "dlg", "ig", "gradinversion", "fedavg_replay", "fedavg_snapshots"]
+RECIPES = ["geng", "geng_plus", "cosine_lbfgs", "dlg", "ig", "gradinversion", "fedavg_replay", "fedavg_snapshots"]
 PART = {folder: {p.stem: OmegaConf.load(p) for p in (Path(config_dir()) / "attack" / folder).glob("*.yaml")}
         for folder in ("optimizer", "distance", "prior", "scheduler", "group")}
 
@@ -58,7 +58,17 @@ def test_recipes_take_their_parts_from_the_part_files(compose, recipe):
     kind = "adam" if cfg.attack.optimizer._target_ == "torch.optim.Adam" else "lbfgs"
     own = OmegaConf.load(Path(config_dir()) / "attack" / f"{recipe}.yaml").get("optimizer", {})  # values it sets
     assert cfg.attack.optimizer == OmegaConf.merge(PART["optimizer"][kind], own)
-    assert cfg.attack.distance._target_ == PART["distance"]["cosine" if recipe == "ig" else "l2"]._target_
+    assert cfg.attack.distance._target_ == PART["distance"]["cosine" if recipe in ("ig", "cosine_lbfgs") else "l2"]._target_
+
+
+def test_cosine_lbfgs_is_geng_plus_with_the_cosine_and_its_own_tv(compose):
+    """deepleak's recipe for trained victims: geng_plus's optimiser and steps, Inverting
+    Gradients' scale-free distance, TV 1e-2 (tuned on the seed-0 trained victim)."""
+    plus, cosine = compose("attack=geng_plus").attack, compose("attack=cosine_lbfgs").attack
+    assert cosine.distance._target_ == PART["distance"]["cosine"]._target_ and cosine.priors.tv.weight == 1e-2
+    assert cosine.optimizer == plus.optimizer and (cosine.iterations, cosine.restarts, cosine.box) == (100, 1, False)
+    rest = {k: v for k, v in OmegaConf.to_container(cosine).items() if k not in ("distance", "priors")}
+    assert rest == {k: v for k, v in OmegaConf.to_container(plus).items() if k not in ("distance", "priors")}
 
 
 def test_geng_geng_plus_and_ig_values(compose):

@@ -7,17 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from deepleak.cli import main
-from deepleak.config import config_dir, make, register
-from deepleak.config.train import register_train
+from deepleak.config import make
 from deepleak.errors import DeepleakError
 from deepleak.models import build_model
 from deepleak.models.checkpoints import file_sha256, stage_path, victim_stage
 from deepleak.tasks import attack, train
+from victims import train_victim
 
 TINY = ("dataset.num_classes=4", "dataset.resolution=16", "dataset.crops_per_class=16", "batch_size=8")
 
@@ -33,15 +30,8 @@ def _equal(a: dict, b: dict) -> bool:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny run with checkpoint_epochs=[0,1,3] of 3 epochs (shared by the tests below)."""
-    register()
-    register_train()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = hydra_compose(config_name="train", overrides=[*TINY, "epochs=3", "checkpoint_epochs=[3,0,1]"])
-    GlobalHydra.instance().clear()
     folder = tmp_path_factory.mktemp("train")
-    torch.set_num_threads(1)
-    train.run(cfg, folder)
+    cfg = train_victim(folder, *TINY, "epochs=3", "checkpoint_epochs=[3,0,1]")
     return cfg, folder, json.loads((folder / "metrics.json").read_text())
 
 
