@@ -64,10 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crops", type=int, default=64, help="dataset.crops_per_class")
     parser.add_argument("--victims", default="untrained,trained", help="untrained, trained or both")
     parser.add_argument("--first-trial", type=int, default=0, help="trials first .. first + trials - 1")
+    parser.add_argument("--model", default="lenet", help="the victim's config (conf/model); width: its model.width")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
     print(f"\nLabel accuracy, mean ± 95% interval over {args.trials} trials (seed {args.seed}), random labels, "
-          f"sample set, DLG LeNet; s = label seconds per trial\n")
+          f"sample set, model={args.model} (DLG init where untrained); s = label seconds per trial\n")
     print("| K | classes | width | victim | " + " | ".join(methods) + " |")
     print("|---" * (len(methods) + 4) + "|")
     for setting in args.setting:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         for victim, path in (("untrained", "null"), ("trained", checkpoint)):
             if victim not in args.victims.split(","):
                 continue
-            row = cells(methods, args.trials, args.seed, f"batch_size={k}", f"dataset.num_classes={classes}",
+            row = cells(methods, args.trials, args.seed, f"model={args.model}", f"batch_size={k}", f"dataset.num_classes={classes}",
                         f"model.width={width}", f"dataset.crops_per_class={args.crops}", f"model.checkpoint={path}",
                         first=args.first_trial)
             text = [f"{m:.3f} ± {h:.3f} ({s:.2f} s)" if n else "refused" for m, h, n, s in row.values()]
