@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_figures import compose, method_overrides, timed_accuracy, trial_observations  # noqa: E402
 
 from deepleak.config import make  # noqa: E402
+from deepleak.metrics import label_floor  # noqa: E402
 
 METHODS = "feature_fit,zeroshot_plus,zeroshot,ilrg,llg"
+FLOOR = "label floor"  # the last column: a blind flat guess's accuracy (deepleak.metrics.label_floor)
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -45,14 +47,17 @@ def cells(methods: list[str], trials: int, seed: int, *overrides: str, first: in
     label_methods = {m: make(compose(*method_overrides(m)).labels) for m in methods}
     accuracy = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
+    floor = []
     for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed, first):
+        floor.append(label_floor(labels, dataset.num_classes))
         for name, method in label_methods.items():
             scored = timed_accuracy(method, observation, labels, dataset.num_classes, name)
             if scored is not None:
                 accuracy[name].append(scored[0])
                 seconds[name].append(scored[1])
-    return {m: (*interval(accuracy[m]), len(accuracy[m]), float(np.mean(seconds[m])) if seconds[m] else float("nan"))
-            for m in methods}
+    row = {m: (*interval(accuracy[m]), len(accuracy[m]), float(np.mean(seconds[m])) if seconds[m] else float("nan"))
+           for m in methods}
+    return {**row, FLOOR: (*interval(floor), len(floor), 0.0)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     methods = args.methods.split(",")
     print(f"\nLabel accuracy, mean ± 95% interval over {args.trials} trials (seed {args.seed}), random labels, "
           f"sample set, model={args.model} (DLG init where untrained); s = label seconds per trial\n")
-    print("| K | classes | width | victim | " + " | ".join(methods) + " |")
-    print("|---" * (len(methods) + 4) + "|")
+    print("| K | classes | width | victim | " + " | ".join([*methods, FLOOR]) + " |")
+    print("|---" * (len(methods) + 5) + "|")
     for setting in args.setting:
         k, classes, width, checkpoint = setting.split(":", 3)
         for victim, path in (("untrained", "null"), ("trained", checkpoint)):
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
             row = cells(methods, args.trials, args.seed, f"model={args.model}", f"batch_size={k}", f"dataset.num_classes={classes}",
                         f"model.width={width}", f"dataset.crops_per_class={args.crops}", f"model.checkpoint={path}",
                         first=args.first_trial)
-            text = [f"{m:.3f} ± {h:.3f} ({s:.2f} s)" if n else "refused" for m, h, n, s in row.values()]
+            text = [f"{m:.3f} ± {h:.3f}" + ("" if name == FLOOR else f" ({s:.2f} s)") if n else "refused"
+                    for name, (m, h, n, s) in row.items()]
             print(f"| {k} | {classes} | {width} | {victim} | " + " | ".join(text) + " |", flush=True)
 
 
