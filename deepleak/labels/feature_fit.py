@@ -72,6 +72,8 @@ class FeatureFit:
         self.rounding = rounding
         self.seed = seed
         self.search = search
+        if search:  # its own name in metrics.json, the report's routes and refusals
+            self.name = "feature_fit_search"
 
     def check(self, observation: Observation) -> tuple[float, float | None]:
         """Refuse what the method cannot work on; returns the features' range."""

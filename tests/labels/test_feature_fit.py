@@ -139,3 +139,13 @@ def test_search_walks_single_moves_to_the_lowest_score_and_respects_its_cap():
 def test_search_settings_are_checked():
     with pytest.raises(DeepleakError, match="labels.search >= 0"):
         FeatureFit(search=-1)
+
+
+def test_the_search_has_its_own_name_in_records_and_refusals():
+    """metrics.json's `labels` (and so the report's routes) and the refusals name the method the
+    user chose: feature_fit_search is not pooled with feature_fit."""
+    assert FeatureFit().name == "feature_fit" and FeatureFit(search=200).name == "feature_fit_search"
+    model = build_model(LENET_CFG, 4, (3, 32, 32), seed=0)
+    observation = closed_form_observation(model, [0, 1, 2, 3], 4)
+    with pytest.raises(DeepleakError, match="^the feature_fit_search label method separates"):
+        FeatureFit(search=200).restore(observation)
