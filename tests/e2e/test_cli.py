@@ -100,6 +100,6 @@ def test_a_scenario_is_chosen_with_or_without_plus(deepleak):
 def test_help_lists_every_group(deepleak):
     result = deepleak("attack", "--help")
     assert result.returncode == 0, result.stderr
-    for line in ("scenario: fedavg, fedsgd", "experiment: defences, paper_batch_size", "attack: dlg, fedavg_replay",
+    for line in ("scenario: fedavg, fedsgd", "experiment: defences, paper_batch_size", "attack: cosine_lbfgs, dlg, fedavg_replay",
                  "defence: clip, dp_sgd, noise, none, prune, quantize, secagg, soteria"):
         assert line in result.stdout
