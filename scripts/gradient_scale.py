@@ -5,7 +5,7 @@ next to a squared distance (geng_plus) drifts with training while a cosine does 
 (attack=cosine_lbfgs, docs/training_stages.md).
 
     OMP_NUM_THREADS=1 python scripts/gradient_scale.py --checkpoints none,RUN/checkpoints/epoch_5.pt,... \
-        [--trials 10] [--seed 1000] [--batch-size 4] [--distribution unique]
+        [--trials 10] [--seed 1000] [--batch-size 4] [--distribution unique] [--set dataset.resolution=16 ...]
 
 ``none`` is the untrained victim (a fresh init per trial). Each trial's batch and model seed are
 those of `deepleak attack seed=SEED` trial by trial.
@@ -25,9 +25,10 @@ from label_figures import compose, trial_observations  # noqa: E402
 from deepleak.config import make  # noqa: E402
 
 
-def scales(checkpoint: str, trials: int, seed: int, batch_size: int, distribution: str) -> tuple[list[float], list[float]]:
+def scales(checkpoint: str, trials: int, seed: int, batch_size: int, distribution: str,
+           extra: tuple[str, ...] = ()) -> tuple[list[float], list[float]]:
     """(squared norms, last-layer shares) of the trials' shared gradients on one checkpoint."""
-    overrides = ["attack=none", f"batch_size={batch_size}", f"distribution={distribution}", f"seed={seed}"]
+    overrides = ["attack=none", f"batch_size={batch_size}", f"distribution={distribution}", f"seed={seed}", *extra]
     if checkpoint != "none":
         overrides.append(f"model.checkpoint={checkpoint}")
     cfg = compose(*overrides)
@@ -47,13 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--distribution", default="unique")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further override of the attack config (the victim's data set or model), repeatable")
     args = parser.parse_args(argv)
     print(f"squared norm of the shared gradient, batch {args.batch_size} ({args.distribution}), seed {args.seed}, "
           f"{args.trials} trials: median [min, max]; last layer's share of it (median)\n")
     print("| checkpoint | squared norm | last layer's share |")
     print("|---|--:|--:|")
     for checkpoint in args.checkpoints.split(","):
-        norms, shares = scales(checkpoint, args.trials, args.seed, args.batch_size, args.distribution)
+        norms, shares = scales(checkpoint, args.trials, args.seed, args.batch_size, args.distribution, tuple(args.set))
         print(f"| {checkpoint} | {np.median(norms):.3g} [{min(norms):.3g}, {max(norms):.3g}] | {np.median(shares):.2f} |")
 
 
