@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_figures import compose, trial_observations  # noqa: E402
 
 from deepleak.config import make  # noqa: E402
+from deepleak.labels.base import last_layer_gradient  # noqa: E402
 
 
 def scales(checkpoint: str, trials: int, seed: int, batch_size: int, distribution: str,
@@ -35,9 +36,10 @@ def scales(checkpoint: str, trials: int, seed: int, batch_size: int, distributio
     dataset, sampler, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))
     norms, shares = [], []
     for observation, _, _ in trial_observations(cfg, dataset, sampler, scenario, trials, seed):
-        layers = [float((g.double() ** 2).sum()) for g in observation.gradient]
-        norms.append(sum(layers))
-        shares.append(sum(layers[-2:]) / sum(layers))  # the classifier's weight and bias
+        total = sum(float((g.double() ** 2).sum()) for g in observation.gradient)
+        classifier = sum(float((g.double() ** 2).sum()) for g in last_layer_gradient(observation) if g is not None)
+        norms.append(total)
+        shares.append(classifier / total)
     return norms, shares
 
 

@@ -167,17 +167,15 @@ class FeatureFit:
         current_score = min(score(current), known)
         while scored < self.search:
             best_move, best_score = None, self.SEARCH_GAIN * current_score
-            for old in sorted(set(current)):
-                for new in range(num_classes):
-                    if new == old or scored >= self.search:
-                        continue
-                    candidate = list(current)
-                    candidate.remove(old)
-                    candidate = sorted([*candidate, new])
-                    value = score(candidate)
-                    scored += 1
-                    if value < best_score:
-                        best_move, best_score = candidate, value
+            moves = [(old, new) for old in sorted(set(current)) for new in range(num_classes) if new != old]
+            for old, new in moves[: self.search - scored]:
+                candidate = list(current)
+                candidate.remove(old)
+                candidate = sorted([*candidate, new])
+                value = score(candidate)
+                scored += 1
+                if value < best_score:
+                    best_move, best_score = candidate, value
             if best_move is None:
                 break
             current, current_score = best_move, best_score
