@@ -168,6 +168,17 @@ def geng_rounding(counts: np.ndarray, total: int) -> torch.Tensor:
     return _labels(held, total)
 
 
+def flat_guess(k: int, num_classes: int) -> np.ndarray:
+    """The blind guess: K labels spread as evenly as the classes allow, K // N of each class and
+    one more of the first K mod N classes (``flat_guess(4, 3)`` -> ``[0, 0, 1, 2]``). It uses
+    nothing the client sent, so its accuracy is the level a label method must beat."""
+    if k < 1 or num_classes < 1:
+        raise ValueError(f"a flat guess needs k >= 1 and num_classes >= 1, got {k} and {num_classes}")
+    counts = np.full(num_classes, k // num_classes)
+    counts[: k % num_classes] += 1
+    return np.repeat(np.arange(num_classes), counts)
+
+
 def _labels(integer: np.ndarray, total: int) -> torch.Tensor:
     """Per-class integer counts (N,) summing to ``total`` -> sorted labels (total,) int64."""
     labels = np.repeat(np.arange(len(integer)), integer.astype(np.int64))
@@ -258,6 +269,15 @@ __all__ = [
     "LabelMethod", "ROUNDING_RULES", "counts_to_labels", "geng_rounding", "last_activation", "last_layer_gradient", "require_batch_at_most_classes",
     "require_batch_size", "require_bias", "require_nonnegative_features",
 ]
+
+
+@runtime_checkable
+class RoutesLabels(Protocol):
+    """Chooses among methods per observation and names its choice (``labels=adaptive``); the
+    task records the name as ``label_route``."""
+
+    def restore_routed(self, observation: Observation) -> tuple[torch.Tensor, str]:
+        """(K restored labels, int64, sorted; the route that gave them)."""
 
 
 @runtime_checkable

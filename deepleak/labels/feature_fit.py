@@ -35,16 +35,57 @@ after ``search`` scored candidates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from deepleak.errors import DeepleakError
-from deepleak.labels.base import counts_to_labels, last_activation, last_layer_gradient, require_bias
+from deepleak.labels.base import counts_to_labels, last_activation, last_layer_gradient
 from deepleak.labels.zeroshot_plus import ZeroShotPlus
-from deepleak.models import classifier
+from deepleak.models import classifier, classifier_parameter_names
 from deepleak.scenarios.base import Observation
 
 # Where the last activation keeps the penultimate features (lower, upper; None: unbounded).
 FEATURE_RANGES = {"sigmoid": (0.0, 1.0), "relu": (0.0, None), "tanh": (-1.0, 1.0)}
+
+
+@dataclass
+class Plane:
+    """The fit's geometry for one observation: features h_i = a_i V in the weight gradient's
+    top-K row space, on the bias's plane a_i . plane = 1."""
+
+    v: torch.Tensor       # (K, M) the features' span
+    g: torch.Tensor       # (N, K) K dL/dW V^T = sum_i r_i a_i^T
+    plane: torch.Tensor   # (K,)
+    wv: torch.Tensor      # (N, K): logits are A wv^T + b
+    b: torch.Tensor       # (N,)
+    db: torch.Tensor      # (N,) the bias gradient
+    low: float
+    high: float | None
+    box: float
+
+    def onto(self, a: torch.Tensor) -> torch.Tensor:
+        return a - (a @ self.plane - 1)[:, None] * self.plane[None, :] / (self.plane @ self.plane)
+
+    def softmax(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(a @ self.wv.T + self.b, dim=1)                  # (K, N)
+
+    def implied_labels(self, a: torch.Tensor) -> torch.Tensor:
+        """Rows y_i = p_i - rho_i: the labels the gradient implies for features A."""
+        return self.softmax(a) - torch.linalg.solve(a.T, self.g.T)
+
+    def objective(self, a: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
+        """Distance of the implied labels to one-hot: their own argmax, or ``fixed`` (K, N)."""
+        labels = self.implied_labels(a)
+        onehot = fixed if fixed is not None else torch.nn.functional.one_hot(
+            labels.argmax(1), labels.shape[1]).double()
+        h = a @ self.v
+        outside = torch.relu(self.low - h) ** 2 + (torch.relu(h - self.high) ** 2 if self.high is not None else 0)
+        return ((labels - onehot) ** 2).sum() + self.box * outside.sum()
+
+    def counts(self, a: torch.Tensor) -> torch.Tensor:
+        """The bias identity n = sum_i p_i - K dL/db at features A."""
+        return self.softmax(a).sum(dim=0) - len(a) * self.db
 
 
 class FeatureFit:
@@ -52,7 +93,8 @@ class FeatureFit:
     with the bias identity. ``restarts`` starts of at most ``iterations`` L-BFGS steps each;
     ``box`` weighs the penalty on features outside the activation's range; ``rounding`` as in
     counts_to_labels. Where the weight gradient has rank below K (repeated images) the
-    features cannot be separated and the counts are zeroshot_plus's."""
+    features cannot be separated and the counts are zeroshot_plus's. ``search`` > 0: the
+    multiset search after the restarts, within ``search`` scored candidates."""
 
     name = "feature_fit"
     needs = "a bias in the classifier layer, batch_size < num_classes, a sigmoid, ReLU or tanh before it"
@@ -75,55 +117,59 @@ class FeatureFit:
         if search:  # its own name in metrics.json, the report's routes and refusals
             self.name = "feature_fit_search"
 
-    def check(self, observation: Observation) -> tuple[float, float | None]:
-        """Refuse what the method cannot work on; returns the features' range."""
-        require_bias(self.name, observation)
+    def unsuited(self, observation: Observation) -> str | None:
+        """Why the method cannot work on ``observation`` (one sentence), or None when it can."""
+        if classifier_parameter_names(observation.model)[1] is None:
+            return f"the {self.name} label method needs a bias in the classifier layer; this model has none"
         k, n = observation.recipe.num_samples, observation.recipe.num_classes
         if k >= n:
-            raise DeepleakError(
-                f"the {self.name} label method separates the K features in the gradient's rank, at most "
-                f"num_classes - 1 = {n - 1}, got batch_size={k}; use labels=zeroshot_plus"
-            )
-        activation = last_activation(observation.model)
-        if activation not in FEATURE_RANGES:
-            raise DeepleakError(
-                f"the {self.name} label method needs a sigmoid, ReLU or tanh before the classifier to bound the "
-                f"features, found {activation or 'none it knows'}; use labels=zeroshot_plus"
-            )
-        return FEATURE_RANGES[activation]
+            return (f"the {self.name} label method separates the K features in the gradient's rank, at most "
+                    f"num_classes - 1 = {n - 1}, got batch_size={k}; use labels=zeroshot_plus")
+        if last_activation(observation.model) not in FEATURE_RANGES:
+            return (f"the {self.name} label method needs a sigmoid, ReLU or tanh before the classifier to bound the "
+                    f"features, found {last_activation(observation.model) or 'none it knows'}; use labels=zeroshot_plus")
+        return None
 
-    def counts(self, observation: Observation) -> torch.Tensor:
-        """Real-valued class counts (N,), float64, before rounding."""
+    def check(self, observation: Observation) -> tuple[float, float | None]:
+        """Refuse what the method cannot work on; returns the features' range."""
+        reason = self.unsuited(observation)
+        if reason is not None:
+            raise DeepleakError(reason)
+        return FEATURE_RANGES[last_activation(observation.model)]
+
+    def plane(self, observation: Observation) -> Plane | None:
+        """The fit's geometry, or None where the weight gradient has rank below K."""
         low, high = self.check(observation)
         weight_gradient, bias_gradient = last_layer_gradient(observation)
         dw, db = weight_gradient.detach().double().cpu(), bias_gradient.detach().double().cpu()
         k = observation.recipe.num_samples
         layer = classifier(observation.model)
-        w = layer.weight.detach().double().cpu()
-        b = layer.bias.detach().double().cpu()
         _, singular, vh = torch.linalg.svd(dw, full_matrices=False)
         if singular[k - 1] <= self.RANK_TOLERANCE * singular[0]:
-            return ZeroShotPlus().counts(observation)
-        v = vh[:k]                                   # (K, M): the features' span
-        g = k * dw @ v.T                             # (N, K) = sum_i r_i a_i^T
+            return None
+        v = vh[:k]
+        g = k * dw @ v.T
         plane = torch.linalg.lstsq(g, (k * db)[:, None], driver="gelsd").solution[:, 0]  # a_i . plane = 1
-        wv = w @ v.T                                 # (N, K): logits are A wv^T + b
+        return Plane(v, g, plane, layer.weight.detach().double().cpu() @ v.T, layer.bias.detach().double().cpu(),
+                     db, low, high, self.box)
 
-        def onto_plane(a: torch.Tensor) -> torch.Tensor:
-            return a - (a @ plane - 1)[:, None] * plane[None, :] / (plane @ plane)
+    def counts(self, observation: Observation) -> torch.Tensor:
+        """Real-valued class counts (N,), float64, before rounding."""
+        return self.counts_with_route(observation)[0]
 
-        def objective(a: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
-            """Distance of the implied labels to one-hot: their own argmax, or ``fixed`` (K, N)."""
-            softmax = torch.softmax(a @ wv.T + b, dim=1)                    # (K, N)
-            labels = softmax - torch.linalg.solve(a.T, g.T)                 # rows y_i = p_i - rho_i
-            onehot = fixed if fixed is not None else torch.nn.functional.one_hot(
-                labels.argmax(1), labels.shape[1]).double()
-            h = a @ v
-            outside = torch.relu(low - h) ** 2 + (torch.relu(h - high) ** 2 if high is not None else 0)
-            return ((labels - onehot) ** 2).sum() + self.box * outside.sum()
-
+    def counts_with_route(self, observation: Observation, agree: torch.Tensor | None = None,
+                          search: bool | None = None) -> tuple[torch.Tensor, str]:
+        """(counts, route): the restarts' counts (route ``feature_fit``), then, where ``search``
+        (default: ``self.search`` > 0), the multiset search (``feature_fit_search``), skipped
+        when the restarts' labels equal ``agree``, another method's (``feature_fit_agreed``).
+        Rank below K or every restart diverged: zeroshot_plus's counts (``zeroshot_plus``)."""
+        search = bool(self.search) if search is None else search
+        geometry = self.plane(observation)
+        if geometry is None:
+            return ZeroShotPlus().counts(observation), "zeroshot_plus"
+        db, k = geometry.db, observation.recipe.num_samples
         safe = torch.where(db.abs() > torch.finfo(torch.float64).tiny, db, torch.ones_like(db))
-        starts = onto_plane((dw / safe[:, None]) @ v.T)                    # (N, K) class embeddings
+        starts = geometry.onto(geometry.g / (k * safe[:, None]))            # (N, K) class embeddings dW_c V^T / db_c
         order = torch.argsort(db)
         negative = max(1, int((db < 0).sum()))
         generator = torch.Generator().manual_seed(self.seed)
@@ -133,15 +179,20 @@ class FeatureFit:
             pick = order[:k] if restart == 0 else order[torch.randint(0, negative, (k,), generator=generator)]
             # A little noise keeps a start with a class drawn twice invertible.
             a0 = starts[pick] + 0.02 * scale * torch.randn(k, k, generator=generator, dtype=torch.float64)
-            a, loss = self._fit(a0, objective, onto_plane)
+            a, loss = self._fit(a0, geometry.objective, geometry.onto)
             if loss < best_loss:
                 best_loss, best = loss, a
         if best is None:  # every restart diverged
-            return ZeroShotPlus().counts(observation)
-        softmax = torch.softmax(best @ wv.T + b, dim=1)
-        counts = softmax.sum(dim=0) - k * db
-        if not self.search:
-            return counts
+            return ZeroShotPlus().counts(observation), "zeroshot_plus"
+        counts = geometry.counts(best)
+        if not search:
+            return counts, "feature_fit"
+        start = sorted(counts_to_labels(counts.numpy(), k, self.rounding).tolist())
+        if agree is not None and start == sorted(agree.tolist()):
+            return counts, "feature_fit_agreed"
+        # The restarts' best fit already scores its own argmax labels (best_loss).
+        own = sorted(geometry.implied_labels(best).argmax(1).tolist())
+        known = best_loss if own == start else float("inf")
 
         def score(labels: list[int]) -> float:
             """The fit with ``labels`` held fixed, from their class embeddings: lowest of the tries."""
@@ -150,14 +201,10 @@ class FeatureFit:
             lowest = float("inf")
             for _ in range(self.SEARCH_TRIES):
                 a0 = starts[pick] + 0.02 * scale * torch.randn(k, k, generator=generator, dtype=torch.float64)
-                lowest = min(lowest, self._fit(a0, lambda a: objective(a, fixed), onto_plane)[1])
+                lowest = min(lowest, self._fit(a0, lambda a: geometry.objective(a, fixed), geometry.onto)[1])
             return lowest
 
-        start = sorted(counts_to_labels(counts.numpy(), k, self.rounding).tolist())
-        # The restarts' best fit already scores its own argmax labels (best_loss).
-        own = sorted((softmax - torch.linalg.solve(best.T, g.T)).argmax(1).tolist())
-        known = best_loss if own == start else float("inf")
-        return torch.as_tensor(self._search(start, score, len(db), known), dtype=torch.float64)
+        return torch.as_tensor(self._search(start, score, len(db), known), dtype=torch.float64), "feature_fit_search"
 
     def _search(self, labels: list[int], score, num_classes: int, known: float = float("inf")) -> list[int]:
         """Class counts (N,) of the best label multiset found from ``labels`` by single moves

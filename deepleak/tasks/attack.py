@@ -25,7 +25,7 @@ from deepleak.attacks.parts.protocols import DefenceAware
 from deepleak.config import make, make_defence
 from deepleak.defences import NoDefence, SecAgg
 from deepleak.errors import DeepleakError
-from deepleak.labels.base import RevealsTruth
+from deepleak.labels.base import RevealsTruth, RoutesLabels
 from deepleak.models import build_model
 from deepleak.models.checkpoints import victim_stage
 from deepleak.runs import save_images, write_metrics
@@ -147,7 +147,10 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     view = attacker_view(observation, adaptive=attacks_adaptively(attack))
     started = time.perf_counter()
     client_seconds = started - began
-    restored = label_method.restore(view)
+    if isinstance(label_method, RoutesLabels):
+        restored, label_route = label_method.restore_routed(view)
+    else:
+        restored, label_route = label_method.restore(view), None
     label_seconds = time.perf_counter() - started
     if objects["wrong_labels"]:
         restored = make_wrong(restored, objects["wrong_labels"], num_classes, rng)
@@ -158,6 +161,8 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     # --- metrics: the only place the truth is used again -----------------------------
     if private is None:  # an imported update without truth: what was restored, unscored
         record = unscored_record(cfg, trial, seeds, restored, label_seconds, observation, reconstruction, run_dir)
+        if label_route is not None:
+            record["label_route"] = label_route
         return {**record, "threat_model": threat_model(observation, scored=False, defence=observation.defence),
                 "privacy": privacy(objects["defence"], observation),
                 "timing": trial_timing(client_seconds, label_seconds, attack_wall, reconstruction,
@@ -172,6 +177,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         "true_labels": sorted(true_labels.tolist()),
         "restored_labels": restored.tolist(),
         "label_seconds": label_seconds,
+        **({"label_route": label_route} if label_route is not None else {}),
         "local_steps": observation.local_steps,
         **restored_metrics,
         "labels_source": "restored",

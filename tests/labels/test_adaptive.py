@@ -1,0 +1,105 @@
+"""deepleak's default label method (``labels=adaptive``): each route on a case built to take it,
+with the labels it must give there."""
+
+import pytest
+import torch
+from torch import nn
+
+from deepleak.errors import DeepleakError
+from deepleak.labels import Adaptive, FeatureFit, ZeroShot, ZeroShotPlus
+from deepleak.labels.base import flat_guess
+from deepleak.metrics import label_accuracy
+from deepleak.models import build_model
+
+from crafted import LENET_CFG, closed_form_observation, confident_head, labels_of, observation_from
+
+
+def test_a_confident_head_below_the_classes_is_searched_to_its_exact_labels():
+    """The crafted trained-like victim (test_feature_fit): zeroshot_plus and zeroshot miss, so the
+    restarts' labels are not agreed and the search runs from them and keeps them (the true
+    multiset fits to ~1e-9; no single move scores below 0.9x that)."""
+    labels = [1, 1, 1, 4, 8, 8]
+    observation, _ = confident_head(labels)
+    restored, route = Adaptive(search=60).restore_routed(observation)
+    assert route == "feature_fit_search" and labels_of(restored) == labels
+    assert labels_of(ZeroShot().restore(observation)) != labels
+    assert labels_of(ZeroShotPlus().restore(observation)) == [1, 3, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("labels", [[0, 3, 3, 9], [0, 1, 2, 5, 5, 6, 7]])
+def test_untrained_lenet_takes_the_agreed_restarts_without_a_search(labels):
+    """Untrained DLG LeNet-12, closed-form gradient: feature_fit's restarts and zeroshot_plus give
+    the same multiset (the true one), so no candidate is scored."""
+    model = build_model(LENET_CFG, 10, (3, 32, 32), seed=3)
+    torch.manual_seed(0)
+    observation = closed_form_observation(model, labels, 10)
+    method = Adaptive()
+    method.fit._search = lambda *a, **k: pytest.fail("the search ran on agreed labels")
+    restored, route = method.restore_routed(observation)
+    assert route == "feature_fit_agreed" and labels_of(restored) == labels
+    method.agree = False  # always search: the same labels, from the search
+    method.fit._search = lambda labels, *a, **k: [labels.count(c) for c in range(10)]
+    restored, route = method.restore_routed(observation)
+    assert route == "feature_fit_search" and labels_of(restored) == labels
+
+
+def test_a_search_round_larger_than_its_cap_keeps_the_restarts():
+    """K (classes - 1) = 6 x 9 = 54 single moves > search=50: no partial round, the restarts' labels."""
+    labels = [1, 1, 1, 4, 8, 8]
+    observation, _ = confident_head(labels)
+    restored, route = Adaptive(search=50).restore_routed(observation)
+    assert route == "feature_fit" and labels_of(restored) == labels_of(FeatureFit().restore(observation)) == labels
+
+
+def test_zeroshot_plus_weight_against_the_flat_guess_falls_with_confidence():
+    method = Adaptive(shrink=0.15)
+    assert [method.weight(c) for c in (None, 0.0, 0.15, -0.15, 0.3)] == [1.0, 1.0, 0.5, 0.5, 0.2]
+    assert Adaptive(shrink=0).weight(0.9) == 1.0
+
+
+def test_a_confident_victim_at_least_as_large_as_the_classes_is_shrunk_to_the_flat_guess():
+    """K = 16 over 10 classes on the crafted confident head (softmax >= 0.92 on every sample):
+    feature_fit cannot separate the features; the class-embedding confidence is 0.567, so
+    zeroshot_plus's counts (12 of 16 right) keep a weight of 0.065: one label of each class
+    and the six others where zeroshot_plus leans, 14 of 16 right, above both zeroshot_plus and
+    the flat guess (13 of 16); without the shrinkage they are zeroshot_plus's."""
+    labels = [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 7, 8, 9, 9, 9]
+    observation, softmax = confident_head(labels, norm=1.0, seed=1)
+    assert float(softmax.max(1).values.min()) > 0.9
+    method = Adaptive()
+    assert method.weight(Adaptive.confidence(observation)) == pytest.approx(0.065, abs=0.005)
+    restored, route = method.restore_routed(observation)
+    assert route == "zeroshot_plus_shrunk" and labels_of(restored) == [0, 0, 1, 1, 2, 3, 4, 5, 6, 6, 7, 7, 8, 8, 9, 9]
+    assert label_accuracy(restored, labels, 10) == 14 / 16
+    assert label_accuracy(flat_guess(16, 10), labels, 10) == 13 / 16
+    plain = ZeroShotPlus().restore(observation)
+    assert label_accuracy(plain, labels, 10) == 12 / 16
+    assert labels_of(Adaptive(shrink=0).restore(observation)) == labels_of(plain)
+
+
+def test_an_untrained_victim_at_least_as_large_as_the_classes_gets_zeroshot_plus():
+    labels = [0, 0, 1, 2, 3, 3, 3, 5, 6, 7, 8, 9]
+    model = build_model(LENET_CFG, 10, (3, 32, 32), seed=3)
+    torch.manual_seed(0)
+    observation = closed_form_observation(model, labels, 10)
+    assert abs(Adaptive.confidence(observation)) < 0.03  # weight > 0.96: nearly zeroshot_plus's counts
+    restored, route = Adaptive().restore_routed(observation)
+    assert route == "zeroshot_plus_shrunk" and labels_of(restored) == labels_of(ZeroShotPlus().restore(observation))
+
+
+def test_without_a_bias_the_counts_are_zeroshot_plus():
+    model = build_model(LENET_CFG, 10, (3, 32, 32), seed=3)
+    torch.manual_seed(0)
+    gradient = closed_form_observation(model, [0, 3, 3, 9], 10).gradient[-2]
+    model.fc = nn.Linear(768, 10, bias=False)
+    observation = observation_from(model, gradient, torch.zeros(10), 4, 10)
+    assert Adaptive.confidence(observation) is None
+    restored, route = Adaptive().restore_routed(observation)
+    assert route == "zeroshot_plus" and labels_of(restored) == labels_of(ZeroShotPlus().restore(observation))
+
+
+@pytest.mark.parametrize("settings, match", [({"search": -1}, "labels.search must be >= 0"),
+                                             ({"shrink": 1.5}, r"labels.shrink in \[0, 1\], got 200 and 1.5")])
+def test_bad_settings_are_refused(settings, match):
+    with pytest.raises(DeepleakError, match=match):
+        Adaptive(**settings)
