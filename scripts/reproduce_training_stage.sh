@@ -31,18 +31,20 @@ case "$scale" in
   *) images="trials=4"; fedavg="trials=10" ;;
 esac
 # name (not "images": the report skips folders of that name) | overrides of the preset, whose own
-# sweep is every FedSGD label method (feature_fit included) at batch 8, labels only. The
+# sweep is every FedSGD label method (feature_fit included) at batch 8, labels only; batch 64 (more
+# samples than classes) for the default (adaptive) and the methods it is measured against. The
 # reconstructions: the default recipe (geng_plus) with the true labels, and deepleak's recipe for
-# trained victims (cosine_lbfgs) with the true labels and with feature_fit_search's, each at its
-# own budget (about 2200 gradient evaluations). FedAvg: the client's default local training
-# (N 8, B 2, E 2, eta 0.01), the paper's zero-shot on the pseudo-gradient, Dimitrov et al.'s and
-# deepleak's weight-based methods.
+# trained victims (cosine_lbfgs) with the true labels and with the default label method's
+# (adaptive: feature_fit_search below K = classes), each at its own budget (about 2200 gradient
+# evaluations). FedAvg: the client's default local training (N 8, B 2, E 2, eta 0.01), the
+# paper's zero-shot on the pseudo-gradient, Dimitrov et al.'s and deepleak's weight-based methods.
 routes=(
   "labels|"
+  "labels_64|labels=adaptive,zeroshot,zeroshot_plus,llg,ilrg batch_size=64"
   "labels_idlg|labels=idlg batch_size=1"
   "labels_fedavg|+scenario=fedavg labels=zeroshot,fedavg_interpolated,fedavg_fitted,fedavg_fitted_search ${fedavg}"
   "reconstruction|attack=geng_plus batch_size=4 distribution=unique labels=oracle ${images}"
-  "reconstruction_cosine|attack=cosine_lbfgs batch_size=4 distribution=unique labels=oracle,feature_fit_search ${images}"
+  "reconstruction_cosine|attack=cosine_lbfgs batch_size=4 distribution=unique labels=oracle,adaptive ${images}"
 )
 for entry in "${routes[@]}"; do
   IFS="|" read -r name route_args <<< "$entry"

@@ -1,4 +1,4 @@
-"""deepleak's zero-shot variant (``labels=zeroshot_plus``, the default): the paper's counts
+"""deepleak's zero-shot variant (``labels=zeroshot_plus``; ``labels=adaptive`` at K >= classes): the paper's counts
 (:mod:`deepleak.labels.zeroshot`) with two refinements, each switchable."""
 
 from __future__ import annotations

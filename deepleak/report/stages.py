@@ -47,7 +47,7 @@ FIGURES = {"label_accuracy": "fig_stage_label_accuracy.png", "psnr_mean": "fig_s
 #: of a trial (trials: how many; save_images, device ...).
 NOT_ROUTE_KEYS = frozenset({"model.checkpoint", "trials", "save_images", "device", "export_update", *IGNORED_KEYS})
 #: Route order in the section: the label methods as the presets list them.
-LABEL_ORDER = ("zeroshot", "zeroshot_plus", "gradinversion", "llg", "ilrg", "feature_fit", "feature_fit_search", "idlg",
+LABEL_ORDER = ("zeroshot", "zeroshot_plus", "gradinversion", "llg", "ilrg", "feature_fit", "feature_fit_search", "adaptive", "idlg",
                "interpolated", "fitted", "fitted_search", "oracle")
 FEDSGD = "fedsgd"  # the scenario a route needs no mark for
 FRESH = "0 (fresh init)"  # the epoch cell of an untrained victim drawn per trial (model.checkpoint=null)

@@ -60,7 +60,7 @@ def test_a_run_writes_everything_into_its_dir(deepleak, tmp_path):
     assert "batch_size: 2" in config and "deepleak.scenarios.FedSGD" in config
     assert "trial 0: label accuracy" in (run_dir / "attack.log").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["scenario"] == "fedsgd" and metrics["labels"] == "zeroshot_plus"  # the default
+    assert metrics["scenario"] == "fedsgd" and metrics["labels"] == "adaptive"  # the default
     assert metrics["device"] == "cpu" and metrics["seed"] == 0
     trial = metrics["per_trial"][0]
     assert len(trial["restored_labels"]) == len(trial["true_labels"]) == 2

@@ -13,14 +13,19 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_training_stage.sh"
 ROUTES = ["labels=zeroshot, labels only (attack=none), batch_size=8",
+          "labels=zeroshot, labels only (attack=none), batch_size=64",
           "labels=zeroshot_plus, labels only (attack=none), batch_size=8",
+          "labels=zeroshot_plus, labels only (attack=none), batch_size=64",
           "labels=gradinversion, labels only (attack=none), batch_size=8",
           "labels=llg, labels only (attack=none), batch_size=8",
+          "labels=llg, labels only (attack=none), batch_size=64",
           "labels=ilrg, labels only (attack=none), batch_size=8",
+          "labels=ilrg, labels only (attack=none), batch_size=64",
           "labels=feature_fit, labels only (attack=none), batch_size=8",
+          "labels=adaptive, labels only (attack=none), batch_size=64",
           "labels=idlg, labels only (attack=none), batch_size=1",
           "labels=oracle, labels only (attack=none), batch_size=8",
-          "labels=feature_fit_search, attack=cosine_lbfgs, batch_size=4",
+          "labels=adaptive, attack=cosine_lbfgs, batch_size=4",
           "labels=oracle, attack=cosine_lbfgs, batch_size=4",
           "labels=oracle, attack=geng_plus, batch_size=4",
           *(f"scenario=fedavg, labels={m}, labels only (attack=none), batch_size=8"
@@ -44,7 +49,7 @@ def test_training_stage_script_at_smoke_scale(tmp_path):
     assert stages[2]["test_accuracy"] == trained["history"][1]["test_accuracy"]
 
     jobs = sorted(p.parent for p in parent.glob("*/*/metrics.json") if p.parent.parent.name != "victim")
-    assert len(jobs) == 2 * (7 + 1 + 4 + 3)  # two stages x (seven label methods, idlg, four FedAvg ones, three reconstructions)
+    assert len(jobs) == 2 * (7 + 5 + 1 + 4 + 3)  # two stages x (seven label methods, five at batch 64, idlg, four FedAvg ones, three reconstructions)
     for job in jobs:
         assert (job / "status").read_text().strip() == "done", job
         block = json.loads((job / "metrics.json").read_text())["victim"]
