@@ -1,6 +1,8 @@
 """deepleak's default label method (``labels=adaptive``): each route on a case built to take it,
 with the labels it must give there."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ from deepleak.labels.base import flat_guess
 from deepleak.metrics import label_accuracy
 from deepleak.models import build_model
 
-from crafted import LENET_CFG, closed_form_observation, confident_head, labels_of, observation_from
+from crafted import LENET_CFG, closed_form_observation, confident_head, labels_of, observation_from, tiny_fedavg
 
 
 def test_a_confident_head_below_the_classes_is_searched_to_its_exact_labels():
@@ -96,6 +98,25 @@ def test_without_a_bias_the_counts_are_zeroshot_plus():
     assert Adaptive.confidence(observation) is None
     restored, route = Adaptive().restore_routed(observation)
     assert route == "zeroshot_plus" and labels_of(restored) == labels_of(ZeroShotPlus().restore(observation))
+
+
+def test_a_declared_defence_or_a_fedavg_update_gets_zeroshot_plus():
+    """The server knows the client prunes its update, or the update is several local steps:
+    feature_fit's exact identities do not hold, and the answer is zeroshot_plus's, without a fit."""
+    model = build_model(LENET_CFG, 10, (3, 32, 32), seed=3)
+    torch.manual_seed(0)
+    observation = dataclasses.replace(closed_form_observation(model, [0, 3, 3, 9], 10),
+                                      defence={"name": "prune", "ratio": 0.9})
+    method = Adaptive()
+    method.fit.counts_with_route = lambda *a, **k: pytest.fail("feature_fit ran under a defence")
+    restored, route = method.restore_routed(observation)
+    assert route == "zeroshot_plus" and labels_of(restored) == labels_of(ZeroShotPlus().restore(observation))
+    clean = dataclasses.replace(observation, defence={"name": "none"})
+    fedavg = tiny_fedavg()[1]
+    assert fedavg.gradient is None and method.restore_routed(fedavg)[1] == "zeroshot_plus"
+    imported = dataclasses.replace(clean, scenario="imported")  # an imported gradient is one: the fit runs
+    with pytest.raises(pytest.fail.Exception, match="feature_fit ran"):
+        method.restore_routed(imported)
 
 
 @pytest.mark.parametrize("settings, match", [({"search": -1}, "labels.search must be >= 0"),
