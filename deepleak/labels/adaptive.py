@@ -4,10 +4,10 @@ of training, from the shared gradient alone (docs/labels.md, "The default at eve
 It routes each observation to the method that holds there, on what the server sees:
 
 0. An update that is not one exact gradient: a declared defence (the observation's public
-   ``defence``, anything but ``none``) or shared weights (FedAvg, several local steps). feature_fit's
-   identities need the exact classifier gradient (pruning at 0.9 took it from 0.75 to 0.375 on
-   6 default batches), so the counts are zeroshot_plus's, the default's before 2026-12-07,
-   which the defences' published figures used.
+   ``defence``, anything but ``none``) or shared weights (FedAvg, several local steps).
+   feature_fit's identities need the exact classifier gradient (pruning at 0.9 took it from
+   0.75 to 0.375 on 6 default batches), so the counts are zeroshot_plus's, the default's
+   before 2026-12-07, which the defences' published figures used.
 1. ``K < classes`` with a bias and a bounded activation before the classifier:
    :class:`~deepleak.labels.feature_fit.FeatureFit`, which fits the batch's own features and so
    does not depend on the victim's training. With ``agree``, its restarts' labels are taken as
@@ -19,10 +19,11 @@ It routes each observation to the method that holds there, on what the server se
 2. Otherwise ``zeroshot_plus``'s counts, shrunk towards the flat guess K / classes by the
    victim's confidence c on the batch's own class embeddings (iLRG's dW_c / db_c; the mean
    diagonal of their softmax, chance-corrected: 0 untrained, 1 certain): weight
-   1 / (1 + (c / ``shrink``)^2) on zeroshot_plus (:meth:`Adaptive.weight`). A confident model's residuals p_i - y_i carry
-   almost no count information and zero-shot's dummy softmax does not stand in for the batch's,
-   so there the answer tends to the blind flat guess, the best answer without information (its
-   accuracy is the label floor); an untrained one (c near 0) keeps zeroshot_plus's counts.
+   1 / (1 + (c / ``shrink``)^2) on zeroshot_plus (:meth:`Adaptive.weight`). A confident
+   model's residuals p_i - y_i carry almost no count information and zero-shot's dummy softmax
+   does not stand in for the batch's, so there the answer tends to the blind flat guess, the
+   best answer without information (its accuracy is the label floor); an untrained one (c near
+   0) keeps zeroshot_plus's counts.
    The form is a shrinkage estimator's; ``shrink`` = 0.15 was chosen on the tuning victims
    (docs/labels.md, settings tuned on data). Without a bias c cannot be computed and the counts
    are zeroshot_plus's.
@@ -76,7 +77,7 @@ class Adaptive:
     def restore_routed(self, observation: Observation) -> tuple[torch.Tensor, str]:
         """(K restored labels, the route that gave them; one of ROUTES)."""
         k, n = observation.recipe.num_samples, observation.recipe.num_classes
-        if observation.defence.get("name", "none") != "none" or observation.gradient is None or observation.local_steps > 1:
+        if not self.one_exact_gradient(observation):
             return self.zeroshot_plus.restore(observation), "zeroshot_plus"
         if self.fit.unsuited(observation) is None:
             agreed = self.zeroshot_plus.restore(observation) if self.agree else None
@@ -102,6 +103,12 @@ class Adaptive:
         if confidence is None or self.shrink == 0:
             return 1.0
         return 1.0 / (1.0 + (confidence / self.shrink) ** 2)
+
+    @staticmethod
+    def one_exact_gradient(observation: Observation) -> bool:
+        """Whether the update is one undefended gradient step (FedSGD, or an imported gradient)."""
+        defended = observation.defence.get("name", "none") != "none"
+        return not defended and observation.gradient is not None and observation.local_steps == 1
 
     @staticmethod
     def confidence(observation: Observation) -> float | None:

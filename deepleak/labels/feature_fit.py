@@ -126,8 +126,9 @@ class FeatureFit:
             return (f"the {self.name} label method separates the K features in the gradient's rank, at most "
                     f"num_classes - 1 = {n - 1}, got batch_size={k}; use labels=zeroshot_plus")
         if last_activation(observation.model) not in FEATURE_RANGES:
+            found = last_activation(observation.model) or "none it knows"
             return (f"the {self.name} label method needs a sigmoid, ReLU or tanh before the classifier to bound the "
-                    f"features, found {last_activation(observation.model) or 'none it knows'}; use labels=zeroshot_plus")
+                    f"features, found {found}; use labels=zeroshot_plus")
         return None
 
     def check(self, observation: Observation) -> tuple[float, float | None]:
