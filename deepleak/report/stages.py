@@ -327,7 +327,8 @@ def stage_figure(metric: str, routes: list[Route], keys: list[str], path: Path) 
     epochs: set[int] = set()
     accuracies: dict[float, set[int]] = {}
     for n, route in enumerate(drawn):
-        colour, marker = f"C{n % 10}", MARKERS[n % len(MARKERS)]
+        # Past ten routes the colours repeat: a new line style keeps them apart.
+        colour, marker, style = f"C{n % 10}", MARKERS[n % len(MARKERS)], ("-", "--", ":")[(n // 10) % 3]
         label = route.legend(keys)
         points = [(r, r.group.stat(metric)) for r in route.rows if isinstance(r.group.stat(metric), Stat)]
         trained = [(r, s) for r, s in points if not r.fresh]
@@ -335,7 +336,7 @@ def stage_figure(metric: str, routes: list[Route], keys: list[str], path: Path) 
         if trained:
             by_epoch.errorbar([r.epoch for r, _ in trained], [s.mean for _, s in trained],
                               yerr=[_error(s) for _, s in trained], color=colour, marker=marker, capsize=3,
-                              alpha=0.85, label=label)
+                              alpha=0.85, linestyle=style, label=label)
             epochs.update(r.epoch for r, _ in trained)
         for _, s in fresh:
             by_epoch.errorbar([0], [s.mean], yerr=[_error(s)], color=colour, marker=marker, markerfacecolor="none",
@@ -346,7 +347,7 @@ def stage_figure(metric: str, routes: list[Route], keys: list[str], path: Path) 
         if measured:
             by_accuracy.errorbar([a.mean for a, _, _ in measured], [s.mean for _, _, s in measured],
                                  xerr=[_error(a) for a, _, _ in measured], yerr=[_error(s) for _, _, s in measured],
-                                 color=colour, marker=marker, capsize=3, alpha=0.85, linewidth=0.9)
+                                 color=colour, marker=marker, capsize=3, alpha=0.85, linewidth=0.9, linestyle=style)
             for a, r, _ in measured:
                 accuracies.setdefault(round(a.mean, ACCURACY_DECIMALS), set()).add(r.epoch)
     if any(r.fresh for x in drawn for r in x.rows):
@@ -377,7 +378,12 @@ def stage_figure(metric: str, routes: list[Route], keys: list[str], path: Path) 
         if metric.endswith("accuracy"):
             ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    by_epoch.legend(fontsize="x-small", title="route (K: batch size)", title_fontsize="x-small")
+    # The legend beside the panels, never over the points: one column a 20 entries.
+    handles, labels = by_epoch.get_legend_handles_labels()
+    columns = max(1, -(-len(labels) // 20))
+    fig.set_size_inches(11.5 + 3.4 * columns, max(4.4, 0.16 * -(-len(labels) // columns) + 1.0))
+    fig.legend(handles, labels, loc="outside right upper", ncols=columns, fontsize="x-small",
+               title="route (K: batch size)", title_fontsize="x-small")
     fig.suptitle(f"{title} against the victim's training stage: mean over trials, bars = 95% CI")
     _save(fig, path)
     return True

@@ -8,7 +8,7 @@ import torch
 
 from deepleak import metrics
 from deepleak.config import make
-from deepleak.labels import GradInversion, ZeroShot, ZeroShotPlus
+from deepleak.labels import Adaptive, GradInversion, ZeroShot, ZeroShotPlus
 from deepleak.labels.base import CountingLabelMethod, DummyStatistics, counts_to_labels, geng_rounding
 from deepleak.labels.fedavg import Interpolated
 from deepleak.models import build_model
@@ -173,7 +173,8 @@ def test_zeroshot_through_the_config(compose, tmp_path):
 
 
 def test_default_and_fedavg_configs_name_the_right_zeroshot(compose):
-    assert type(make(compose().labels)) is ZeroShotPlus  # deepleak's variant is the default run's
+    default = make(compose().labels)  # deepleak's router; its zero-shot is deepleak's variant
+    assert type(default) is Adaptive and type(default.zeroshot_plus) is ZeroShotPlus
     plus = make(compose("labels=zeroshot_plus").labels)
     assert (plus.name, plus.renormalise, plus.refine, plus.rounding) == ("zeroshot_plus", True, True, "largest_remainder")
     interpolated = make(compose("labels=fedavg_interpolated").labels)  # Dimitrov et al.'s: the paper's base
