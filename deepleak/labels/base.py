@@ -168,17 +168,6 @@ def geng_rounding(counts: np.ndarray, total: int) -> torch.Tensor:
     return _labels(held, total)
 
 
-def flat_guess(k: int, num_classes: int) -> np.ndarray:
-    """The blind guess: K labels spread as evenly as the classes allow, K // N of each class and
-    one more of the first K mod N classes (``flat_guess(4, 3)`` -> ``[0, 0, 1, 2]``). It uses
-    nothing the client sent, so its accuracy is the level a label method must beat."""
-    if k < 1 or num_classes < 1:
-        raise ValueError(f"a flat guess needs k >= 1 and num_classes >= 1, got {k} and {num_classes}")
-    counts = np.full(num_classes, k // num_classes)
-    counts[: k % num_classes] += 1
-    return np.repeat(np.arange(num_classes), counts)
-
-
 def _labels(integer: np.ndarray, total: int) -> torch.Tensor:
     """Per-class integer counts (N,) summing to ``total`` -> sorted labels (total,) int64."""
     labels = np.repeat(np.arange(len(integer)), integer.astype(np.int64))

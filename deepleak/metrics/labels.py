@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from deepleak.labels.base import flat_guess
 from deepleak.metrics.arrays import _as_labels
 
 
@@ -79,6 +78,17 @@ def label_metrics(pred: Any, true: Any, num_classes: int) -> dict[str, float]:
     return {fn.__name__: fn(pred, true, num_classes) for fn in (
         label_accuracy, count_accuracy, count_accuracy_present,
         existence_accuracy, existence_jaccard, exact_batch)}
+
+
+def flat_guess(k: int, num_classes: int) -> np.ndarray:
+    """The blind guess: K labels spread as evenly as the classes allow, K // N of each class and
+    one more of the first K mod N classes (``flat_guess(4, 3)`` -> ``[0, 0, 1, 2]``). It uses
+    nothing the client sent, so its accuracy is the level a label method must beat."""
+    if k < 1 or num_classes < 1:
+        raise ValueError(f"a flat guess needs k >= 1 and num_classes >= 1, got {k} and {num_classes}")
+    counts = np.full(num_classes, k // num_classes)
+    counts[: k % num_classes] += 1
+    return np.repeat(np.arange(num_classes), counts)
 
 
 def label_floor(true: Any, num_classes: int) -> float:

@@ -9,8 +9,7 @@ from torch import nn
 
 from deepleak.errors import DeepleakError
 from deepleak.labels import Adaptive, FeatureFit, ZeroShot, ZeroShotPlus
-from deepleak.labels.base import flat_guess
-from deepleak.metrics import label_accuracy
+from deepleak.metrics import flat_guess, label_accuracy
 from deepleak.models import build_model
 
 from crafted import LENET_CFG, closed_form_observation, confident_head, labels_of, observation_from, tiny_fedavg
