@@ -80,8 +80,8 @@ class Adaptive:
         if not self.one_exact_gradient(observation):
             return self.zeroshot_plus.restore(observation), "zeroshot_plus"
         if self.fit.unsuited(observation) is None:
-            agreed = self.zeroshot_plus.restore(observation) if self.agree else None
             searches = 0 < k * (n - 1) <= self.search
+            agreed = self.zeroshot_plus.restore(observation) if self.agree and searches else None  # only skips a search
             counts, route = self.fit.counts_with_route(observation, agree=agreed, search=searches)
             return counts_to_labels(counts.numpy(), k, self.fit.rounding), route
         weight = self.weight(self.confidence(observation))

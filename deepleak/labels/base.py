@@ -238,10 +238,18 @@ def require_nonnegative_features(method: str, observation: Observation, features
         )
 
 
+def missing_bias(method: str, observation: Observation) -> str | None:
+    """Why ``method`` cannot read a bias gradient (a classifier layer without bias), or None."""
+    if classifier_parameter_names(observation.model)[1] is None:
+        return f"the {method} label method needs a bias in the classifier layer; this model has none"
+    return None
+
+
 def require_bias(method: str, observation: Observation) -> None:
     """Refuse a classifier layer without a bias (its gradient is what some methods read)."""
-    if classifier_parameter_names(observation.model)[1] is None:
-        raise DeepleakError(f"the {method} label method needs a bias in the classifier layer; this model has none")
+    reason = missing_bias(method, observation)
+    if reason is not None:
+        raise DeepleakError(reason)
 
 
 def require_batch_at_most_classes(method: str, observation: Observation) -> None:
@@ -256,7 +264,7 @@ def require_batch_at_most_classes(method: str, observation: Observation) -> None
 
 __all__ = [
     "LabelMethod", "ROUNDING_RULES", "counts_to_labels", "geng_rounding", "last_activation", "last_layer_gradient", "require_batch_at_most_classes",
-    "require_batch_size", "require_bias", "require_nonnegative_features",
+    "missing_bias", "require_batch_size", "require_bias", "require_nonnegative_features",
 ]
 
 

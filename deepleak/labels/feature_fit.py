@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import torch
 
 from deepleak.errors import DeepleakError
-from deepleak.labels.base import counts_to_labels, last_activation, last_layer_gradient
+from deepleak.labels.base import counts_to_labels, last_activation, last_layer_gradient, missing_bias
 from deepleak.labels.zeroshot_plus import ZeroShotPlus
-from deepleak.models import classifier, classifier_parameter_names
+from deepleak.models import classifier
 from deepleak.scenarios.base import Observation
 
 # Where the last activation keeps the penultimate features (lower, upper; None: unbounded).
@@ -119,16 +119,17 @@ class FeatureFit:
 
     def unsuited(self, observation: Observation) -> str | None:
         """Why the method cannot work on ``observation`` (one sentence), or None when it can."""
-        if classifier_parameter_names(observation.model)[1] is None:
-            return f"the {self.name} label method needs a bias in the classifier layer; this model has none"
+        reason = missing_bias(self.name, observation)
+        if reason is not None:
+            return reason
         k, n = observation.recipe.num_samples, observation.recipe.num_classes
         if k >= n:
             return (f"the {self.name} label method separates the K features in the gradient's rank, at most "
                     f"num_classes - 1 = {n - 1}, got batch_size={k}; use labels=zeroshot_plus")
-        if last_activation(observation.model) not in FEATURE_RANGES:
-            found = last_activation(observation.model) or "none it knows"
+        activation = last_activation(observation.model)
+        if activation not in FEATURE_RANGES:
             return (f"the {self.name} label method needs a sigmoid, ReLU or tanh before the classifier to bound the "
-                    f"features, found {found}; use labels=zeroshot_plus")
+                    f"features, found {activation or 'none it knows'}; use labels=zeroshot_plus")
         return None
 
     def check(self, observation: Observation) -> tuple[float, float | None]:

@@ -47,8 +47,8 @@ FIGURES = {"label_accuracy": "fig_stage_label_accuracy.png", "psnr_mean": "fig_s
 #: of a trial (trials: how many; save_images, device ...).
 NOT_ROUTE_KEYS = frozenset({"model.checkpoint", "trials", "save_images", "device", "export_update", *IGNORED_KEYS})
 #: Route order in the section: the label methods as the presets list them.
-LABEL_ORDER = ("zeroshot", "zeroshot_plus", "gradinversion", "llg", "ilrg", "feature_fit", "feature_fit_search", "adaptive", "idlg",
-               "interpolated", "fitted", "fitted_search", "oracle")
+LABEL_ORDER = ("zeroshot", "zeroshot_plus", "gradinversion", "llg", "ilrg", "feature_fit", "feature_fit_search", "adaptive",
+               "idlg", "interpolated", "fitted", "fitted_search", "oracle")
 FEDSGD = "fedsgd"  # the scenario a route needs no mark for
 FRESH = "0 (fresh init)"  # the epoch cell of an untrained victim drawn per trial (model.checkpoint=null)
 ACCURACY_DECIMALS = 3
@@ -378,7 +378,7 @@ def stage_figure(metric: str, routes: list[Route], keys: list[str], path: Path) 
         if metric.endswith("accuracy"):
             ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    # The legend beside the panels, never over the points: one column a 20 entries.
+    # The legend beside the panels, never over the points: a column per 20 entries.
     handles, labels = by_epoch.get_legend_handles_labels()
     columns = max(1, -(-len(labels) // 20))
     fig.set_size_inches(11.5 + 3.4 * columns, max(4.4, 0.16 * -(-len(labels) // columns) + 1.0))
