@@ -19,14 +19,18 @@ It routes each observation to the method that holds there, on what the server se
 2. Otherwise ``zeroshot_plus``'s counts, shrunk towards the flat guess K / classes by the
    victim's confidence c on the batch's own class embeddings (iLRG's dW_c / db_c; the mean
    diagonal of their softmax, chance-corrected: 0 untrained, 1 certain): weight
-   1 / (1 + (c / ``shrink``)^2) on zeroshot_plus (:meth:`Adaptive.weight`). A confident
-   model's residuals p_i - y_i carry almost no count information and zero-shot's dummy softmax
-   does not stand in for the batch's, so there the answer tends to the blind flat guess, the
-   best answer without information (its accuracy is the label floor); an untrained one (c near
-   0) keeps zeroshot_plus's counts.
-   The form is a shrinkage estimator's; ``shrink`` = 0.15 was chosen on the tuning victims
-   (docs/labels.md, settings tuned on data). Without a bias c cannot be computed and the counts
-   are zeroshot_plus's.
+   w = 1 / (1 + (|c| / ``shrink``)^``sharpness``) on zeroshot_plus (:meth:`Adaptive.weight`).
+   A confident model's residuals p_i - y_i carry almost no count information and zero-shot's
+   dummy softmax does not stand in for the batch's, so there the answer tends to the blind flat
+   guess, the best answer without information (its accuracy is the label floor); an untrained
+   one (c near 0) keeps zeroshot_plus's counts. The weight left to the flat guess, 1 - w, also
+   carries ``residual`` times the bias gradient's exact identity n - s = -K db (the batch's
+   label counts less its softmax mass): small against a count, it settles which classes get
+   the flat guess's remaining units, the under-predicted ones (on the tuning victims' trained
+   stages +0.01 to +0.07 over the flat guess's own order).
+   The form is a shrinkage estimator's; ``shrink`` = 0.1, ``sharpness`` = 8 and ``residual``
+   = 0.1 were chosen on the tuning victims (docs/labels.md, settings tuned on data). Without a
+   bias c cannot be computed and the counts are zeroshot_plus's.
 
 Every answer names its route (``label_route`` in metrics.json): ``feature_fit_agreed``,
 ``feature_fit_search``, ``feature_fit``, ``zeroshot_plus`` (weight 1) or
@@ -41,7 +45,7 @@ import numpy as np
 import torch
 
 from deepleak.errors import DeepleakError
-from deepleak.labels.base import counts_to_labels
+from deepleak.labels.base import counts_to_labels, last_layer_gradient
 from deepleak.labels.feature_fit import FeatureFit
 from deepleak.labels.ilrg import class_embedding_softmax
 from deepleak.labels.zeroshot_plus import ZeroShotPlus
@@ -62,11 +66,15 @@ class Adaptive:
 
     name = "adaptive"
 
-    def __init__(self, search: int = 200, shrink: float = 0.15, agree: bool = True, seed: int = 0) -> None:
-        if search < 0 or not 0.0 <= shrink <= 1.0:
-            raise DeepleakError(f"labels.search must be >= 0 and labels.shrink in [0, 1], got {search} and {shrink}")
+    def __init__(self, search: int = 200, shrink: float = 0.15, sharpness: float = 4.0, residual: float = 0.1,
+                 agree: bool = True, seed: int = 0) -> None:
+        if search < 0 or not 0.0 <= shrink <= 1.0 or sharpness <= 0 or residual < 0:
+            raise DeepleakError(f"labels.search and labels.residual must be >= 0, labels.shrink in [0, 1] and "
+                                f"labels.sharpness > 0, got {search}, {residual}, {shrink} and {sharpness}")
         self.search = search
         self.shrink = shrink
+        self.sharpness = sharpness
+        self.residual = residual
         self.agree = agree
         self.fit = FeatureFit(seed=seed, search=search)
         self.zeroshot_plus = ZeroShotPlus(seed=seed)
@@ -87,22 +95,32 @@ class Adaptive:
         weight = self.weight(self.confidence(observation))
         if weight == 1.0:  # no bias, or shrink = 0
             return self.zeroshot_plus.restore(observation), "zeroshot_plus"
+        log.info("labels: zeroshot_plus's counts at weight %.3f against the flat guess (the victim's "
+                 "class-embedding confidence)", weight)
+        return counts_to_labels(self.shrunk_counts(observation, weight).numpy(), k, self.zeroshot_plus.rounding), \
+            "zeroshot_plus_shrunk"
+
+    def shrunk_counts(self, observation: Observation, weight: float) -> torch.Tensor:
+        """flat + w (zeroshot_plus - flat) + (1 - w) ``residual`` (n - s), clamped at 0: n - s =
+        -K db is the bias gradient's exact count-less-mass identity (module docstring, route 2);
+        zeroshot_plus's counts are clamped and scaled to sum to K first."""
+        k, n = observation.recipe.num_samples, observation.recipe.num_classes
         counts = self.zeroshot_plus.counts(observation).clamp(min=0)
         counts = counts * k / counts.sum() if float(counts.sum()) > 0 else torch.zeros_like(counts)
         flat = torch.full_like(counts, k / n)
-        log.info("labels: zeroshot_plus's counts at weight %.3f against the flat guess (the victim's "
-                 "class-embedding confidence)", weight)
-        return counts_to_labels((flat + weight * (counts - flat)).numpy(), k, self.zeroshot_plus.rounding), \
-            "zeroshot_plus_shrunk"
+        bias_gradient = last_layer_gradient(observation)[1]
+        assert bias_gradient is not None  # weight < 1 needs the confidence, which needs the bias
+        counts_less_mass = -k * bias_gradient.double().cpu()
+        return (flat + weight * (counts - flat) + (1 - weight) * self.residual * counts_less_mass).clamp(min=0)
 
     def weight(self, confidence: float | None) -> float:
-        """zeroshot_plus's weight against the flat guess: 1 / (1 + (c / shrink)^2); 1 without a
-        confidence or with ``shrink`` 0. Symmetric in c: below chance (down to -1 / (classes -
+        """zeroshot_plus's weight against the flat guess: 1 / (1 + (|c| / shrink)^sharpness); 1
+        without a confidence or with ``shrink`` 0. Symmetric in c: below chance (down to -1 / (classes -
         1), every embedding's softmax elsewhere) is a saturated model whose bias gradient is so
         small that the embeddings mean nothing, as far from untrained as a confident one."""
         if confidence is None or self.shrink == 0:
             return 1.0
-        return 1.0 / (1.0 + (confidence / self.shrink) ** 2)
+        return 1.0 / (1.0 + (abs(confidence) / self.shrink) ** self.sharpness)
 
     @staticmethod
     def one_exact_gradient(observation: Observation) -> bool:
