@@ -26,11 +26,11 @@ It routes each observation to the method that holds there, on what the server se
    one (c near 0) keeps zeroshot_plus's counts. The weight left to the flat guess, 1 - w, also
    carries ``residual`` times the bias gradient's exact identity n - s = -K db (the batch's
    label counts less its softmax mass): small against a count, it settles which classes get
-   the flat guess's remaining units, the under-predicted ones (on the tuning victims' trained
-   stages +0.01 to +0.07 over the flat guess's own order).
-   The form is a shrinkage estimator's; ``shrink`` = 0.1, ``sharpness`` = 8 and ``residual``
-   = 0.1 were chosen on the tuning victims (docs/labels.md, settings tuned on data). Without a
-   bias c cannot be computed and the counts are zeroshot_plus's.
+   the flat guess's remaining units, the under-predicted ones (a class with more samples
+   leaves more residual on its own logit).
+   The form is a shrinkage estimator's; ``shrink`` = 0.15, ``sharpness`` = 4 and ``residual``
+   = 0.1 were chosen on tuning victims with scripts/adaptive_fit.py (docs/labels.md, settings
+   tuned on data). Without a bias c cannot be computed and the counts are zeroshot_plus's.
 
 Every answer names its route (``label_route`` in metrics.json): ``feature_fit_agreed``,
 ``feature_fit_search``, ``feature_fit``, ``zeroshot_plus`` (weight 1) or
@@ -101,17 +101,22 @@ class Adaptive:
             "zeroshot_plus_shrunk"
 
     def shrunk_counts(self, observation: Observation, weight: float) -> torch.Tensor:
-        """flat + w (zeroshot_plus - flat) + (1 - w) ``residual`` (n - s), clamped at 0: n - s =
-        -K db is the bias gradient's exact count-less-mass identity (module docstring, route 2);
-        zeroshot_plus's counts are clamped and scaled to sum to K first."""
-        k, n = observation.recipe.num_samples, observation.recipe.num_classes
-        counts = self.zeroshot_plus.counts(observation).clamp(min=0)
-        counts = counts * k / counts.sum() if float(counts.sum()) > 0 else torch.zeros_like(counts)
-        flat = torch.full_like(counts, k / n)
+        """:meth:`blend` of zeroshot_plus's counts and the bias gradient's counts-less-mass."""
+        k = observation.recipe.num_samples
         bias_gradient = last_layer_gradient(observation)[1]
         assert bias_gradient is not None  # weight < 1 needs the confidence, which needs the bias
-        counts_less_mass = -k * bias_gradient.double().cpu()
-        return (flat + weight * (counts - flat) + (1 - weight) * self.residual * counts_less_mass).clamp(min=0)
+        return self.blend(self.zeroshot_plus.counts(observation), -k * bias_gradient.double().cpu(), weight, k)
+
+    def blend(self, zeroshot_plus_counts: torch.Tensor, counts_less_mass: torch.Tensor, weight: float,
+              k: int) -> torch.Tensor:
+        """flat + w (zeroshot_plus - flat) + (1 - w) ``residual`` (n - s), clamped at 0, with
+        flat = K / classes and zeroshot_plus's counts clamped at 0 and scaled to sum to K first.
+        n - s = -K db is the bias gradient's exact count-less-mass identity (module docstring,
+        route 2). Public so that scripts/adaptive_fit.py scores settings on cached inputs."""
+        counts = zeroshot_plus_counts.double().clamp(min=0)
+        counts = counts * k / counts.sum() if float(counts.sum()) > 0 else torch.zeros_like(counts)
+        flat = torch.full_like(counts, k / len(counts))
+        return (flat + weight * (counts - flat) + (1 - weight) * self.residual * counts_less_mass.double()).clamp(min=0)
 
     def weight(self, confidence: float | None) -> float:
         """zeroshot_plus's weight against the flat guess: 1 / (1 + (|c| / shrink)^sharpness); 1

@@ -1,0 +1,117 @@
+"""Choose `labels=adaptive`'s settings at K >= classes (labels.shrink, labels.sharpness,
+labels.residual) on tuning victims, or score given settings on held-out ones.
+
+    OMP_NUM_THREADS=1 python scripts/adaptive_fit.py --checkpoints dlg,PATH_EPOCH_0,PATH_EPOCH_1,... \
+        [--ks 16,32,64] [--seed 0] [--trials 20] [--cache inputs.json] [--show 0.15:2:0,0.15:4:0.1]
+
+Each trial's inputs are computed once, on the attack task's client (the same seeds, data,
+model and scenario as `deepleak attack attack=none distribution=random batch_size=K seed=S
+trials=T model.checkpoint=PATH`; `dlg` is an untrained DLG init): the victim's
+class-embedding confidence c, zeroshot_plus's counts, the bias gradient's counts-less-mass
+-K db and the true counts. Every setting of the grid is then scored with Adaptive's own
+weight and blend (deepleak/labels/adaptive.py), on the same inputs: the mean label accuracy
+less the label floor per cell (checkpoint, K), then its mean and minimum over the cells.
+It prints the best settings by mean gain and the per-cell table of the best one and of
+``--show``'s. ``--cache`` keeps the inputs (JSON) so that another grid costs no attack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from label_figures import compose, trial_observations  # noqa: E402
+
+from deepleak.config import make  # noqa: E402
+from deepleak.labels import Adaptive, ZeroShotPlus  # noqa: E402
+from deepleak.labels.base import counts_to_labels, last_layer_gradient  # noqa: E402
+from deepleak.metrics import flat_guess, label_accuracy  # noqa: E402
+
+
+def inputs(checkpoints: list[str], ks: list[int], seed: int, trials: int, overrides: list[str]) -> list[dict]:
+    """Per trial: checkpoint, K, c, zeroshot_plus's counts, -K db, the true labels."""
+    zeroshot_plus, rows = ZeroShotPlus(), []
+    for checkpoint in checkpoints:
+        for k in ks:
+            victim = [] if checkpoint == "dlg" else [f"model.checkpoint={checkpoint}"]
+            cfg = compose("attack=none", "distribution=random", f"batch_size={k}", f"seed={seed}", *victim, *overrides)
+            dataset, distribution, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))
+            for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
+                bias_gradient = last_layer_gradient(observation)[1]
+                rows.append({"checkpoint": checkpoint, "k": k, "classes": dataset.num_classes,
+                             "confidence": Adaptive.confidence(observation),
+                             "zeroshot_plus": zeroshot_plus.counts(observation).double().tolist(),
+                             "counts_less_mass": (-k * bias_gradient.double()).tolist(),
+                             "labels": labels.tolist()})
+    return rows
+
+
+def gains(rows: list[dict], shrink: float, sharpness: float, residual: float) -> dict[tuple[str, int], float]:
+    """Mean label accuracy less the label floor, per (checkpoint, K)."""
+    method, cells = Adaptive(shrink=shrink, sharpness=sharpness, residual=residual), {}
+    for row in rows:
+        k, classes = row["k"], row["classes"]
+        counts = method.blend(torch.tensor(row["zeroshot_plus"]), torch.tensor(row["counts_less_mass"]),
+                              method.weight(row["confidence"]), k)
+        restored = counts_to_labels(counts.numpy(), k, method.zeroshot_plus.rounding)
+        gain = label_accuracy(restored, row["labels"], classes) - label_accuracy(flat_guess(k, classes), row["labels"], classes)
+        cells.setdefault((row["checkpoint"], k), []).append(gain)
+    return {cell: float(np.mean(values)) for cell, values in cells.items()}
+
+
+def setting(text: str) -> tuple[float, float, float]:
+    shrink, sharpness, residual = (float(x) for x in text.split(":"))
+    return shrink, sharpness, residual
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", required=True, help="comma-separated checkpoint paths; dlg: untrained")
+    parser.add_argument("--ks", default="16,32,64")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--set", action="append", default=[], help="a config override (e.g. --set=model=resnet18)")
+    parser.add_argument("--shrink", default="0.07,0.1,0.12,0.15,0.2,0.25")
+    parser.add_argument("--sharpness", default="1,2,4,8")
+    parser.add_argument("--residual", default="0,0.1,0.2")
+    parser.add_argument("--show", default="", help="settings shrink:sharpness:residual to print per cell")
+    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--cache", type=Path, help="JSON of the inputs: read if it exists, else written")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.cache and args.cache.exists():
+        rows = json.loads(args.cache.read_text())
+    else:
+        rows = inputs(args.checkpoints.split(","), [int(k) for k in args.ks.split(",")], args.seed, args.trials, args.set)
+        if args.cache:
+            args.cache.write_text(json.dumps(rows))
+    grid = list(itertools.product(*([float(x) for x in values.split(",")] for values in (args.shrink, args.sharpness, args.residual))))
+    scored = {cfg: gains(rows, *cfg) for cfg in grid}
+    ranked = sorted(scored, key=lambda cfg: -np.mean(list(scored[cfg].values())))
+    print(f"{len(rows)} trials, {len(next(iter(scored.values())))} cells; gain = label accuracy - label floor\n")
+    print("| shrink | sharpness | residual | mean gain | min gain |\n|--:|--:|--:|--:|--:|")
+    for cfg in ranked[:args.top]:
+        values = list(scored[cfg].values())
+        print("| %g | %g | %g | %+.4f | %+.4f |" % (*cfg, np.mean(values), np.min(values)))
+    shown = [ranked[0]] + [setting(text) for text in args.show.split(",") if text]
+    for cfg in shown:
+        scored.setdefault(cfg, gains(rows, *cfg))
+    confidence = {}
+    for row in rows:
+        confidence.setdefault((row["checkpoint"], row["k"]), []).append(row["confidence"])
+    print("\n| checkpoint | K | mean c | " + " | ".join("%g:%g:%g" % cfg for cfg in shown) + " |")
+    print("|---|--:|--:|" + "--:|" * len(shown))
+    for cell in scored[shown[0]]:
+        print(f"| {cell[0]} | {cell[1]} | {np.mean(confidence[cell]):.2f} | "
+              + " | ".join("%+.3f" % scored[cfg][cell] for cfg in shown) + " |")
+
+
+if __name__ == "__main__":
+    main()
