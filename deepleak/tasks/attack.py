@@ -149,8 +149,9 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     client_seconds = started - began
     if isinstance(label_method, RoutesLabels):
         restored, label_route = label_method.restore_routed(view)
+        route = {"label_route": label_route}  # which of its routes answered, in every record
     else:
-        restored, label_route = label_method.restore(view), None
+        restored, route = label_method.restore(view), {}
     label_seconds = time.perf_counter() - started
     if objects["wrong_labels"]:
         restored = make_wrong(restored, objects["wrong_labels"], num_classes, rng)
@@ -161,9 +162,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
     # --- metrics: the only place the truth is used again -----------------------------
     if private is None:  # an imported update without truth: what was restored, unscored
         record = unscored_record(cfg, trial, seeds, restored, label_seconds, observation, reconstruction, run_dir)
-        if label_route is not None:
-            record["label_route"] = label_route
-        return {**record, "threat_model": threat_model(observation, scored=False, defence=observation.defence),
+        return {**record, **route, "threat_model": threat_model(observation, scored=False, defence=observation.defence),
                 "privacy": privacy(objects["defence"], observation),
                 "timing": trial_timing(client_seconds, label_seconds, attack_wall, reconstruction,
                                        time.perf_counter() - began)}
@@ -177,7 +176,7 @@ def run_trial(cfg: DictConfig, objects: dict[str, Any], trial: int, device: torc
         "true_labels": sorted(true_labels.tolist()),
         "restored_labels": restored.tolist(),
         "label_seconds": label_seconds,
-        **({"label_route": label_route} if label_route is not None else {}),
+        **route,
         "local_steps": observation.local_steps,
         **restored_metrics,
         "labels_source": "restored",
