@@ -1,24 +1,10 @@
 """scripts/adaptive_fit.py: adaptive's K >= classes settings scored on cached per-trial inputs
 with Adaptive's own weight and blend."""
 
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "adaptive_fit.py"
-
-
-@pytest.fixture(scope="module")
-def fit():
-    sys.path.insert(0, str(SCRIPT.parent))  # it imports label_figures beside it
-    spec = importlib.util.spec_from_file_location("deepleak_adaptive_fit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def confident_row(counts_less_mass):
@@ -29,28 +15,28 @@ def confident_row(counts_less_mass):
             "zeroshot_plus": [1.6] * 10, "counts_less_mass": counts_less_mass, "labels": labels}
 
 
-def test_the_residual_decides_the_flat_guess_s_remaining_units(fit):
+def test_the_residual_decides_the_flat_guess_s_remaining_units(adaptive_fit):
     """The flat guess gives its six extra units to classes 0-5: 12 of 16 right. A counts-less-mass
     of +1 on the twice-present classes and -1 on the others moves them to 4-9: 16 of 16, a gain
     of 0.25 over the floor; without the residual term (or with it pointing the other way) the
     answer is the flat guess's own, gain 0."""
     row = confident_row([-1.0] * 4 + [1.0] * 6)
-    assert fit.gains([row], 0.15, 4, 0.1) == {("crafted", 16): 0.25}
-    assert fit.gains([row], 0.15, 4, 0.0) == {("crafted", 16): 0.0}
-    assert fit.gains([confident_row([1.0] * 4 + [-1.0] * 6)], 0.15, 4, 0.1) == {("crafted", 16): 0.0}
+    assert adaptive_fit.gains([row], 0.15, 4, 0.1) == {("crafted", 16): 0.25}
+    assert adaptive_fit.gains([row], 0.15, 4, 0.0) == {("crafted", 16): 0.0}
+    assert adaptive_fit.gains([confident_row([1.0] * 4 + [-1.0] * 6)], 0.15, 4, 0.1) == {("crafted", 16): 0.0}
 
 
-def test_it_ranks_settings_and_reuses_its_cache(fit, tmp_path, capsys, monkeypatch):
+def test_it_ranks_settings_and_reuses_its_cache(adaptive_fit, tmp_path, capsys, monkeypatch):
     """Two untrained (DLG) batches at K = 16: c is near 0, so zeroshot_plus keeps its weight and
     both residuals score the same, above the floor; the second run reads the cache, no attack."""
     cache = tmp_path / "inputs.json"
     argv = ["--checkpoints", "dlg", "--ks", "16", "--trials", "2", "--shrink", "0.15", "--sharpness", "4",
             "--residual", "0,0.1", "--cache", str(cache)]
-    fit.main(argv)
+    adaptive_fit.main(argv)
     first = capsys.readouterr().out
     rows = re.findall(r"^\| 0.15 \| 4 \| (0|0.1) \| ([+-][0-9.]+) \| ([+-][0-9.]+) \|$", first, re.M)
     assert len(rows) == 2 and rows[0][1] == rows[1][1] and float(rows[0][1]) > 0.1
     assert len(json.loads(cache.read_text())) == 2
-    monkeypatch.setattr(fit, "inputs", lambda *a: pytest.fail("the cache was not used"))
-    fit.main(argv)
+    monkeypatch.setattr(adaptive_fit, "inputs", lambda *a: pytest.fail("the cache was not used"))
+    adaptive_fit.main(argv)
     assert capsys.readouterr().out == first
