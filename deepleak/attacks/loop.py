@@ -152,42 +152,47 @@ def descend(optimizer: torch.optim.Optimizer, evaluate: Evaluate, variables: Seq
                 variables[0].clamp_(0, 1)
 
     for step in progress:
-        if before_step is not None:
-            before_step(step)
-        state["step_best"] = None
+        # The whole step is guarded, not only the optimiser's: Ctrl-C lands wherever the process
+        # is (the checks, the scheduler, the log line after a step), and the best result so far
+        # is kept wherever it lands (step_best is cleared once a step is complete).
         try:
-            loss = optimizer.step(closure)
-        except _Stop:
-            keep_step_best()
-            descent.stopped_by_budget = state["cause"] == "budget"
-            descent.stopped_by_evaluations = state["cause"] == "evaluations"
-            break
+            if before_step is not None:
+                before_step(step)
+            state["step_best"] = None
+            try:
+                loss = optimizer.step(closure)
+            except _Stop:
+                keep_step_best()
+                descent.stopped_by_budget = state["cause"] == "budget"
+                descent.stopped_by_evaluations = state["cause"] == "evaluations"
+                break
+            finite = math.isfinite(float(loss)) and all(math.isfinite(d) for d in state["distances"])
+            # A sum is non-finite when any entry is (one reduction instead of a mask per step).
+            if not (finite and all(math.isfinite(float(v.detach().sum())) for v in variables)):
+                # Diverged: fall back to the last finite iterate and stop this descent.
+                descent.nonfinite = True
+                log.warning("%s diverged at step %d; keeping its last finite iterate", what, step)
+                restore(last_finite)
+                break
+            if box:
+                with torch.no_grad():
+                    variables[0].clamp_(0, 1)
+            if scheduler is not None:
+                scheduler.step()
+            last_finite = [v.detach().clone() for v in variables]
+            state["step_best"] = None  # complete: an interrupt from here keeps this iterate
+            descent.steps = step + 1
+            distance = min(state["distances"])
+            descent.history.append(distance)
+            progress.set_postfix(distance=f"{distance:.3g}")
+            if log_every and descent.steps % log_every == 0:
+                log.info("%s step %d: %s %.4g", what, descent.steps, measure, distance)
         except KeyboardInterrupt:
             # The task records the result and then stops.
             descent.interrupted = True
             keep_step_best()
             log.warning("interrupted at step %d of %s; keeping the best result so far", step, what)
             break
-        finite = math.isfinite(float(loss)) and all(math.isfinite(d) for d in state["distances"])
-        # A sum is non-finite when any entry is (one reduction instead of a mask per step).
-        if not (finite and all(math.isfinite(float(v.detach().sum())) for v in variables)):
-            # Diverged: fall back to the last finite iterate and stop this descent.
-            descent.nonfinite = True
-            log.warning("%s diverged at step %d; keeping its last finite iterate", what, step)
-            restore(last_finite)
-            break
-        if box:
-            with torch.no_grad():
-                variables[0].clamp_(0, 1)
-        if scheduler is not None:
-            scheduler.step()
-        last_finite = [v.detach().clone() for v in variables]
-        descent.steps = step + 1
-        distance = min(state["distances"])
-        descent.history.append(distance)
-        progress.set_postfix(distance=f"{distance:.3g}")
-        if log_every and descent.steps % log_every == 0:
-            log.info("%s step %d: %s %.4g", what, descent.steps, measure, distance)
     progress.close()
     return descent
 

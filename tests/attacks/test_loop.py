@@ -88,6 +88,29 @@ def test_box_sign_and_interrupt_in_the_loop():
     torch.testing.assert_close(x.detach(), torch.tensor([1.0, 0.0]))  # clamped after each step
 
 
+@pytest.mark.parametrize("where", ["scheduler", "before_step"])
+def test_an_interrupt_after_the_optimiser_s_step_keeps_the_last_complete_iterate(where):
+    """Ctrl-C lands wherever the process is, not only inside optimizer.step: in the scheduler
+    after the third step (the step is cut short: its first evaluation was at the second
+    iterate, which is kept) or before the fourth step (the third iterate is complete and kept).
+    SGD on sum(x^2) multiplies x by 0.8 a step."""
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    evaluate, calls = quadratic(x)
+    hits = {"n": 0}
+
+    def interrupt(*_):
+        hits["n"] += 1
+        if hits["n"] == 3 + (where == "before_step"):
+            raise KeyboardInterrupt
+
+    scheduler = type("Scheduler", (), {"step": interrupt})() if where == "scheduler" else None
+    descent = descend(torch.optim.SGD([x], lr=0.1), evaluate, [x], Limits(steps=10), scheduler=scheduler,
+                      before_step=interrupt if where == "before_step" else None)
+    kept = 2 if where == "scheduler" else 3
+    assert descent.interrupted and descent.steps == kept and calls["n"] == 3
+    torch.testing.assert_close(x.detach(), torch.tensor([1.0, -2.0]) * 0.8**kept)
+
+
 def test_restarts_stop_at_an_interrupt_and_keep_the_best():
     order = iter([3.0, 1.0, 2.0])
 

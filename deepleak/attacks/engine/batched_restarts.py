@@ -303,35 +303,37 @@ def reconstruct_batched(attack: BatchableAttack, observation: Observation, label
     stopped = interrupted = False
     began = time.perf_counter()
     for step in range(steps):
-        if time.perf_counter() >= stop_at:
-            stopped = True
-            break
+        # The whole step is guarded: Ctrl-C may land after the optimiser's step too. The answer
+        # is last_finite, which only a complete step replaces.
         try:
+            if time.perf_counter() >= stop_at:
+                stopped = True
+                break
             gradient, total, distance = objective(variables.detach(), labels)
             variables.grad = gradient.sign() if attack.signed else gradient
             optimizer.step()
+            with torch.no_grad():
+                evaluations += active
+                finite = torch.isfinite(total) & torch.isfinite(distance) & torch.isfinite(variables).flatten(1).all(dim=1)
+                active = active & finite
+                # Frozen restarts (diverged now or before) keep their last finite iterate.
+                keep = _per_restart(active, variables)
+                variables.copy_(torch.where(keep, variables, last_finite))
+                if attack.box:
+                    variables.clamp_(0, 1)
+                last_finite = variables.detach().clone()
+                done += active
+                history.append(torch.where(active, distance.detach(), torch.full_like(distance, math.nan)))
+            if scheduler is not None:
+                scheduler.step()
+            if attack.log_every and (step + 1) % attack.log_every == 0:
+                # Read back from the device only here, not every step.
+                log.info("batched restarts step %d: best gradient distance %.4g, %d of %d restarts active",
+                         step + 1, float(distance.min()), int(active.sum()), restarts)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted at step %d of the batched restarts; keeping the best result so far", step)
             break
-        with torch.no_grad():
-            evaluations += active
-            finite = torch.isfinite(total) & torch.isfinite(distance) & torch.isfinite(variables).flatten(1).all(dim=1)
-            active = active & finite
-            # Frozen restarts (diverged now or before) keep their last finite iterate.
-            keep = _per_restart(active, variables)
-            variables.copy_(torch.where(keep, variables, last_finite))
-            if attack.box:
-                variables.clamp_(0, 1)
-            last_finite = variables.detach().clone()
-            done += active
-            history.append(torch.where(active, distance.detach(), torch.full_like(distance, math.nan)))
-        if scheduler is not None:
-            scheduler.step()
-        if attack.log_every and (step + 1) % attack.log_every == 0:
-            # Read back from the device only here, not every step.
-            log.info("batched restarts step %d: best gradient distance %.4g, %d of %d restarts active",
-                     step + 1, float(distance.min()), int(active.sum()), restarts)
     final = last_finite
     with torch.no_grad():
         scores = objective.distance(final, labels).detach()
