@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from deepleak.config import split_flags
 from deepleak.errors import DeepleakError, fail
 from deepleak.runtime import set_threads
-from deepleak.runs import RESERVED, archive_previous, find_sweep, is_complete, read_status, record_attempt, set_status
+from deepleak.runs import RESERVED, archive_previous, find_sweep, incomplete_reason, read_status, record_attempt, set_status
 
 log = logging.getLogger("deepleak")
 
@@ -31,13 +31,14 @@ def run_job(task, cfg: DictConfig) -> None:
     goes on; a single run exits with code 2.
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.get("resume") and is_complete(run_dir, cfg.trials):
+    reason = incomplete_reason(run_dir, cfg.trials)
+    if cfg.get("resume") and reason is None:
         record_attempt(run_dir, "skipped: complete")
         log.info("resume: %s is complete; skipped", run_dir)
         return
     previous = archive_previous(run_dir)
     if previous is not None:
-        log.info("resume: the unfinished attempt's results were moved to %s", previous)
+        log.info("the earlier attempt here (%s) was moved to %s", reason or "complete; this run does not resume", previous)
     set_threads(cfg.threads, str(HydraConfig.get().launcher.get("_target_", "")))
     record_attempt(run_dir, "started")
     set_status(run_dir, "running")

@@ -111,15 +111,20 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 ATTEMPTS_FILE = "attempts.log"
 
 
-def is_complete(run_dir: Path, trials: int) -> bool:
-    """A job is complete when it is marked done and its metrics hold every trial."""
+def incomplete_reason(run_dir: Path, trials: int) -> str | None:
+    """Why a job is not complete, in a few words; None when it is (marked done, its metrics
+    holding every trial this run asks for)."""
     path = Path(run_dir) / METRICS_FILE
-    if read_status(run_dir) != "done" or not path.is_file():
-        return False
+    status = read_status(run_dir)
+    if status != "done":
+        return f"marked {status}" if status else "never started"
+    if not path.is_file():
+        return "no metrics"
     try:
-        return json.loads(path.read_text()).get("trials_done") == trials
+        done = json.loads(path.read_text()).get("trials_done")
     except (OSError, ValueError):
-        return False
+        return "unreadable metrics"
+    return None if done == trials else f"it holds {done} trials, this run asks for {trials}"
 
 
 def record_attempt(run_dir: Path, what: str) -> None:

@@ -49,6 +49,21 @@ def test_status_and_reason(tmp_path):
     assert (tmp_path / "error.txt").read_text() == "bad thing second line\n"
 
 
+def test_a_resume_says_why_a_job_is_not_complete(tmp_path):
+    """resume=true skips a job only when it is done with every trial this run asks for; the
+    reason it gives otherwise is what the log says when it moves the earlier attempt aside."""
+    assert runs.incomplete_reason(tmp_path, 4) == "never started"
+    runs.set_status(tmp_path, "interrupted")
+    assert runs.incomplete_reason(tmp_path, 4) == "marked interrupted"
+    runs.set_status(tmp_path, "done")
+    assert runs.incomplete_reason(tmp_path, 4) == "no metrics"
+    (tmp_path / "metrics.json").write_text("{")
+    assert runs.incomplete_reason(tmp_path, 4) == "unreadable metrics"
+    runs.write_metrics(tmp_path, {"trials_done": 10})
+    assert runs.incomplete_reason(tmp_path, 4) == "it holds 10 trials, this run asks for 4"
+    assert runs.incomplete_reason(tmp_path, 10) is None
+
+
 def test_image_grid_and_png_match_torchvision(tmp_path):
     import numpy as np
     import torch
