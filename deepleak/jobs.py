@@ -31,14 +31,15 @@ def run_job(task, cfg: DictConfig) -> None:
     goes on; a single run exits with code 2.
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    reason = incomplete_reason(run_dir, cfg.trials)
-    if cfg.get("resume") and reason is None:
+    # deepleak train has no resume (nor trials): an earlier attempt there is always moved aside.
+    reason = incomplete_reason(run_dir, cfg.trials) if cfg.get("resume") else "this run does not resume"
+    if reason is None:
         record_attempt(run_dir, "skipped: complete")
         log.info("resume: %s is complete; skipped", run_dir)
         return
     previous = archive_previous(run_dir)
     if previous is not None:
-        log.info("the earlier attempt here (%s) was moved to %s", reason or "complete; this run does not resume", previous)
+        log.info("the earlier attempt here (%s) was moved to %s", reason, previous)
     set_threads(cfg.threads, str(HydraConfig.get().launcher.get("_target_", "")))
     record_attempt(run_dir, "started")
     set_status(run_dir, "running")
