@@ -31,8 +31,8 @@ from label_figures import compose, trial_observations  # noqa: E402
 
 from deepleak.config import make  # noqa: E402
 from deepleak.labels import Adaptive, ZeroShotPlus  # noqa: E402
-from deepleak.labels.base import counts_to_labels, last_layer_gradient  # noqa: E402
-from deepleak.metrics import flat_guess, label_accuracy  # noqa: E402
+from deepleak.labels.base import counts_to_labels  # noqa: E402
+from deepleak.metrics import label_accuracy, label_floor  # noqa: E402
 
 
 def inputs(checkpoints: list[str], ks: list[int], seed: int, trials: int, overrides: list[str]) -> list[dict]:
@@ -44,11 +44,10 @@ def inputs(checkpoints: list[str], ks: list[int], seed: int, trials: int, overri
             cfg = compose("attack=none", "distribution=random", f"batch_size={k}", f"seed={seed}", *victim, *overrides)
             dataset, distribution, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))
             for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
-                bias_gradient = last_layer_gradient(observation)[1]
                 rows.append({"checkpoint": checkpoint, "k": k, "classes": dataset.num_classes,
                              "confidence": Adaptive.confidence(observation),
                              "zeroshot_plus": zeroshot_plus.counts(observation).double().tolist(),
-                             "counts_less_mass": (-k * bias_gradient.double()).tolist(),
+                             "counts_less_mass": Adaptive.counts_less_mass(observation).tolist(),
                              "labels": labels.tolist()})
     return rows
 
@@ -61,7 +60,7 @@ def gains(rows: list[dict], shrink: float, sharpness: float, residual: float) ->
         counts = method.blend(torch.tensor(row["zeroshot_plus"]), torch.tensor(row["counts_less_mass"]),
                               method.weight(row["confidence"]), k)
         restored = counts_to_labels(counts.numpy(), k, method.zeroshot_plus.rounding)
-        gain = label_accuracy(restored, row["labels"], classes) - label_accuracy(flat_guess(k, classes), row["labels"], classes)
+        gain = label_accuracy(restored, row["labels"], classes) - label_floor(row["labels"], classes)
         cells.setdefault((row["checkpoint"], k), []).append(gain)
     return {cell: float(np.mean(values)) for cell, values in cells.items()}
 

@@ -102,10 +102,16 @@ class Adaptive:
 
     def shrunk_counts(self, observation: Observation, weight: float) -> torch.Tensor:
         """:meth:`blend` of zeroshot_plus's counts and the bias gradient's counts-less-mass."""
-        k = observation.recipe.num_samples
+        return self.blend(self.zeroshot_plus.counts(observation), self.counts_less_mass(observation), weight,
+                          observation.recipe.num_samples)
+
+    @staticmethod
+    def counts_less_mass(observation: Observation) -> torch.Tensor:
+        """n - s = -K db (N,), float64 on the CPU: the batch's label counts less its softmax mass,
+        exact for one undefended gradient of mean cross-entropy."""
         bias_gradient = last_layer_gradient(observation)[1]
         assert bias_gradient is not None  # weight < 1 needs the confidence, which needs the bias
-        return self.blend(self.zeroshot_plus.counts(observation), -k * bias_gradient.double().cpu(), weight, k)
+        return -observation.recipe.num_samples * bias_gradient.double().cpu()
 
     def blend(self, zeroshot_plus_counts: torch.Tensor, counts_less_mass: torch.Tensor, weight: float,
               k: int) -> torch.Tensor:
