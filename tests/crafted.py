@@ -14,6 +14,7 @@ from deepleak.scenarios import FedAvg, FedSGD, PrivateBatch
 from deepleak.scenarios.base import Observation, Recipe
 
 LENET_CFG = {"_target_": "deepleak.models.LeNet", "width": 12, "activation_fn": "sigmoid", "init_scale": 0.5}
+MLP_CFG = {"_target_": "deepleak.models.MLP", "hidden": 1024, "activation_fn": "sigmoid"}  # conf/model/mlp.yaml
 
 BATCHES_WITH_DUPLICATES = [
     [3],

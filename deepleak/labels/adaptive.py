@@ -16,19 +16,26 @@ It routes each observation to the method that holds there, on what the server se
    at K = 8); otherwise the multiset search of ``feature_fit_search`` runs from them, when one
    round of single moves, K (classes - 1) candidates, fits in ``search`` (else the restarts'
    labels are kept).
-2. Otherwise ``zeroshot_plus``'s counts, shrunk towards the flat guess K / classes by the
-   victim's confidence c on the batch's own class embeddings (iLRG's dW_c / db_c; the mean
-   diagonal of their softmax, chance-corrected: 0 untrained, 1 certain): weight
-   w = 1 / (1 + (|c| / ``shrink``)^``sharpness``) on zeroshot_plus (:meth:`Adaptive.weight`).
+2. Otherwise ``zeroshot_plus``'s counts, shrunk towards the flat guess K / classes as the victim
+   shows itself trained, on two readings of the gradient: its confidence c on the batch's own
+   class embeddings (iLRG's dW_c / db_c; the mean diagonal of their softmax, chance-corrected:
+   0 untrained, 1 certain) and the share m of the batch's label mass its softmax misses (the
+   bias gradient's exact identity n - s = -K db: m = |n - s|_1 / 2K, 0 when the softmax sums to
+   the labels, the mark of a model that fits the batch). zeroshot_plus keeps the weight
+   w = 1 / (1 + (|c| / (``shrink`` m))^``sharpness``) (:meth:`Adaptive.weight`): a trained
+   victim is confident and misses little (c / m large), an untrained one is neither. c alone
+   misreads single batches of a trained victim (3% of trained tuning trials read c < 0.2 and
+   kept zeroshot_plus's counts, 0.3-0.5 right at K = 64); m alone cannot tell a trained victim
+   from an untrained one with near-uniform outputs (an untrained MLP misses only m = 0.15-0.18
+   of a random batch at K = 64, as sampling noise; there c is 0 and zeroshot_plus is exact).
    A confident model's residuals p_i - y_i carry almost no count information and zero-shot's
    dummy softmax does not stand in for the batch's, so there the answer tends to the blind flat
    guess, the best answer without information (its accuracy is the label floor); an untrained
    one (c near 0) keeps zeroshot_plus's counts. The weight left to the flat guess, 1 - w, also
-   carries ``residual`` times the bias gradient's exact identity n - s = -K db (the batch's
-   label counts less its softmax mass): small against a count, it settles which classes get
-   the flat guess's remaining units, the under-predicted ones (a class with more samples
-   leaves more residual on its own logit).
-   The form is a shrinkage estimator's; ``shrink`` = 0.15, ``sharpness`` = 4 and ``residual``
+   carries ``residual`` times n - s (the batch's label counts less its softmax mass): small
+   against a count, it settles which classes get the flat guess's remaining units, the
+   under-predicted ones (a class with more samples leaves more residual on its own logit).
+   The form is a shrinkage estimator's; ``shrink`` = 0.3, ``sharpness`` = 2 and ``residual``
    = 0.1 were chosen on tuning victims with scripts/adaptive_fit.py (docs/labels.md, settings
    tuned on data). Without a bias c cannot be computed and the counts are zeroshot_plus's.
 
@@ -60,17 +67,17 @@ ROUTES = ("feature_fit_agreed", "feature_fit_search", "feature_fit", "zeroshot_p
 class Adaptive:
     """Route each observation to feature_fit(_search) or zeroshot_plus shrunk towards the flat
     guess (module docstring). ``search``: the search's cap on scored candidates (0: never
-    search); ``shrink``: the confidence at which zeroshot_plus's counts keep half their weight
-    (0: never shrink); ``agree``: skip the search where zeroshot_plus agrees (false: always
+    search); ``shrink``: the ratio of the victim's confidence to the label mass it misses at
+    which zeroshot_plus's counts keep half their weight (0: never shrink); ``agree``: skip the search where zeroshot_plus agrees (false: always
     search, slower); ``seed`` seeds both methods."""
 
     name = "adaptive"
 
-    def __init__(self, search: int = 200, shrink: float = 0.15, sharpness: float = 4.0, residual: float = 0.1,
+    def __init__(self, search: int = 200, shrink: float = 0.3, sharpness: float = 2.0, residual: float = 0.1,
                  agree: bool = True, seed: int = 0) -> None:
-        if search < 0 or not 0.0 <= shrink <= 1.0 or sharpness <= 0 or residual < 0:
-            raise DeepleakError(f"labels.search and labels.residual must be >= 0, labels.shrink in [0, 1] and "
-                                f"labels.sharpness > 0, got {search}, {residual}, {shrink} and {sharpness}")
+        if search < 0 or shrink < 0 or residual < 0 or sharpness <= 0:
+            raise DeepleakError(f"labels.search, labels.shrink and labels.residual must be >= 0 and "
+                                f"labels.sharpness > 0, got {search}, {shrink}, {residual} and {sharpness}")
         self.search = search
         self.shrink = shrink
         self.sharpness = sharpness
@@ -92,11 +99,13 @@ class Adaptive:
             agreed = self.zeroshot_plus.restore(observation) if self.agree and searches else None  # only skips a search
             counts, route = self.fit.counts_with_route(observation, agree=agreed, search=searches)
             return counts_to_labels(counts.numpy(), k, self.fit.rounding), route
-        weight = self.weight(self.confidence(observation))
+        confidence = self.confidence(observation)
+        missed = None if confidence is None else self.missed_mass(self.counts_less_mass(observation), k)
+        weight = self.weight(confidence, missed)
         if weight == 1.0:  # no bias, or shrink = 0
             return self.zeroshot_plus.restore(observation), "zeroshot_plus"
         log.info("labels: zeroshot_plus's counts at weight %.3f against the flat guess (the victim's "
-                 "class-embedding confidence)", weight)
+                 "class-embedding confidence %.3f, label mass missed %.3f)", weight, confidence, missed)
         return counts_to_labels(self.shrunk_counts(observation, weight).numpy(), k, self.zeroshot_plus.rounding), \
             "zeroshot_plus_shrunk"
 
@@ -124,14 +133,24 @@ class Adaptive:
         flat = torch.full_like(counts, k / len(counts))
         return (flat + weight * (counts - flat) + (1 - weight) * self.residual * counts_less_mass.double()).clamp(min=0)
 
-    def weight(self, confidence: float | None) -> float:
-        """zeroshot_plus's weight against the flat guess: 1 / (1 + (|c| / shrink)^sharpness); 1
-        without a confidence or with ``shrink`` 0. Symmetric in c: below chance (down to -1 / (classes -
-        1), every embedding's softmax elsewhere) is a saturated model whose bias gradient is so
-        small that the embeddings mean nothing, as far from untrained as a confident one."""
-        if confidence is None or self.shrink == 0:
+    @staticmethod
+    def missed_mass(counts_less_mass: torch.Tensor, k: int) -> float:
+        """m = |n - s|_1 / 2K in [0, 1]: the share of the batch's K labels that its softmax puts on
+        other classes (sum n = sum s = K), from :meth:`counts_less_mass`."""
+        return float(counts_less_mass.abs().sum()) / (2 * k)
+
+    def weight(self, confidence: float | None, missed: float | None) -> float:
+        """zeroshot_plus's weight against the flat guess: 1 / (1 + (|c| / (shrink m))^sharpness),
+        with c the class-embedding confidence and m the missed label mass (:meth:`missed_mass`);
+        1 without a confidence or with ``shrink`` 0; 0 where a confident victim misses nothing.
+        Symmetric in c: below chance (down to -1 / (classes - 1), every embedding's softmax
+        elsewhere) is a saturated model whose bias gradient is so small that the embeddings mean
+        nothing, as far from untrained as a confident one."""
+        if confidence is None or confidence == 0 or self.shrink == 0:
             return 1.0
-        return 1.0 / (1.0 + (abs(confidence) / self.shrink) ** self.sharpness)
+        if not missed:
+            return 0.0
+        return 1.0 / (1.0 + (abs(confidence) / (self.shrink * missed)) ** self.sharpness)
 
     @staticmethod
     def one_exact_gradient(observation: Observation) -> bool:

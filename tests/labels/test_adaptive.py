@@ -12,7 +12,7 @@ from deepleak.labels import Adaptive, FeatureFit, ZeroShot, ZeroShotPlus
 from deepleak.metrics import flat_guess, label_accuracy
 from deepleak.models import build_model
 
-from crafted import LENET_CFG, closed_form_observation, confident_head, labels_of, observation_from, tiny_fedavg
+from crafted import LENET_CFG, MLP_CFG, closed_form_observation, confident_head, labels_of, observation_from, tiny_fedavg
 
 
 def test_a_confident_head_below_the_classes_is_searched_to_its_exact_labels():
@@ -52,35 +52,60 @@ def test_a_search_round_larger_than_its_cap_keeps_the_restarts():
     assert route == "feature_fit" and labels_of(restored) == labels_of(FeatureFit().restore(observation)) == labels
 
 
-def test_zeroshot_plus_weight_against_the_flat_guess_falls_with_confidence():
-    method = Adaptive()  # shrink 0.15, sharpness 4
-    assert [method.weight(c) for c in (None, 0.0, 0.15, -0.15, 0.3)] == [1.0, 1.0, 0.5, 0.5, 1 / 17]
-    assert [Adaptive(sharpness=2).weight(c) for c in (0.15, 0.3)] == [0.5, 0.2]
-    assert Adaptive(shrink=0).weight(0.9) == 1.0
+def test_zeroshot_plus_weight_against_the_flat_guess_falls_with_confidence_over_missed_mass():
+    """w = 1 / (1 + (|c| / (0.3 m))^2): half at c = 0.3 m; a victim that is confident and misses
+    little of the batch (c = 0.12, m = 0.02, a trained victim's batch that reads a low confidence)
+    keeps almost none; an unconfident one with the same small m (an untrained victim with
+    near-uniform outputs) keeps it all."""
+    method = Adaptive()  # shrink 0.3, sharpness 2
+    assert [method.weight(c, 0.5) for c in (None, 0.0, 0.15, -0.15, 0.3)] == [1.0, 1.0, 0.5, 0.5, 0.2]
+    assert method.weight(0.12, 0.02) == pytest.approx(1 / 401) and method.weight(0.0, 0.02) == 1.0
+    assert method.weight(0.3, 0.0) == 0.0 and method.weight(None, None) == 1.0
+    assert Adaptive(sharpness=4).weight(0.3, 0.5) == 1 / 17
+    assert Adaptive(shrink=0).weight(0.9, 0.01) == 1.0
+
+
+def test_missed_mass_is_the_share_of_labels_the_softmax_puts_elsewhere():
+    """K = 8: the softmax mass has 2 units on class 1 that belong to class 0 and 1 on class 3 that
+    belongs to class 2: 3 of 8 labels missed."""
+    assert Adaptive.missed_mass(torch.tensor([2.0, -2.0, 1.0, -1.0, 0.0]), 8) == 3 / 8
 
 
 def test_a_confident_victim_at_least_as_large_as_the_classes_is_shrunk_to_the_flat_guess():
     """K = 16 over 10 classes on the crafted confident head (softmax >= 0.92 on every sample):
-    feature_fit cannot separate the features; the class-embedding confidence is 0.567, so
-    zeroshot_plus's counts (12 of 16 right) keep a weight of 0.005 and the answer is the flat
-    guess's shape, one label of each class and two of six. Which six is settled by the bias
-    gradient's counts-less-mass (0.1 of it) with zeroshot_plus's faint lean: 14 of 16 right,
-    above both zeroshot_plus and the flat guess's own order (13 of 16). At a full weight on the
-    counts-less-mass (residual 1) the answer leaves the flat guess's shape (13 of 16); without
-    the shrinkage it is zeroshot_plus's."""
+    feature_fit cannot separate the features; the class-embedding confidence is 0.567 and the
+    softmax misses 0.018 of the labels, so zeroshot_plus's counts (12 of 16 right) keep a weight
+    of 1e-4 and the answer has the flat guess's shape, one label of each class and two of six,
+    13 of 16 right as the flat guess's own order; without the shrinkage it is zeroshot_plus's."""
     labels = [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 7, 8, 9, 9, 9]
     observation, softmax = confident_head(labels, norm=1.0, seed=1)
     assert float(softmax.max(1).values.min()) > 0.9
     method = Adaptive()
-    assert method.weight(Adaptive.confidence(observation)) == pytest.approx(0.0049, abs=0.0002)
+    missed = Adaptive.missed_mass(Adaptive.counts_less_mass(observation), 16)
+    assert missed == pytest.approx(0.018, abs=0.001)
+    assert method.weight(Adaptive.confidence(observation), missed) == pytest.approx(9.3e-5, rel=0.01)
     restored, route = method.restore_routed(observation)
-    assert route == "zeroshot_plus_shrunk" and labels_of(restored) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 7, 8, 9, 9]
-    assert label_accuracy(restored, labels, 10) == 14 / 16
-    assert label_accuracy(flat_guess(16, 10), labels, 10) == 13 / 16
-    assert label_accuracy(Adaptive(residual=1).restore(observation), labels, 10) == 13 / 16
+    assert route == "zeroshot_plus_shrunk" and labels_of(restored) == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 8, 9, 9]
+    assert label_accuracy(restored, labels, 10) == label_accuracy(flat_guess(16, 10), labels, 10) == 13 / 16
     plain = ZeroShotPlus().restore(observation)
     assert label_accuracy(plain, labels, 10) == 12 / 16
     assert labels_of(Adaptive(shrink=0).restore(observation)) == labels_of(plain)
+
+
+def test_an_untrained_victim_with_near_uniform_outputs_keeps_zeroshot_plus():
+    """An untrained DLG MLP (sigmoid, 1024 hidden) at K = 64 over 10 classes: its softmax is
+    nearly input-independent, so it misses only the batch's sampling noise (m < 0.3, as a
+    trained victim's batch can), but its class embeddings read no confidence and zeroshot_plus,
+    exact here, keeps its weight: every label right, where the flat guess gets 54 of 64."""
+    labels = [c for c, count in enumerate([3, 4, 5, 6, 7, 8, 9, 10, 6, 6]) for _ in range(count)]
+    model = build_model(MLP_CFG, 10, (3, 32, 32), seed=3)
+    torch.manual_seed(0)
+    observation = closed_form_observation(model, labels, 10)
+    confidence = Adaptive.confidence(observation)
+    missed = Adaptive.missed_mass(Adaptive.counts_less_mass(observation), 64)
+    assert missed < 0.3 and abs(confidence) < 0.01 and Adaptive().weight(confidence, missed) > 0.99
+    restored = Adaptive().restore(observation)
+    assert label_accuracy(restored, labels, 10) == 1.0 and label_accuracy(flat_guess(64, 10), labels, 10) < 0.9
 
 
 def test_an_untrained_victim_at_least_as_large_as_the_classes_gets_zeroshot_plus():
@@ -123,10 +148,10 @@ def test_a_declared_defence_or_a_fedavg_update_gets_zeroshot_plus():
         method.restore_routed(imported)
 
 
-@pytest.mark.parametrize("settings, match", [({"search": -1}, "labels.search and labels.residual must be >= 0"),
-                                             ({"shrink": 1.5}, r"labels.shrink in \[0, 1\] .*, got 200, 0.1, 1.5 and 4.0"),
-                                             ({"sharpness": 0}, "labels.sharpness > 0, got 200, 0.1, 0.15 and 0"),
-                                             ({"residual": -0.1}, "got 200, -0.1, 0.15 and 4.0")])
+@pytest.mark.parametrize("settings, match", [({"search": -1}, "labels.search, labels.shrink and labels.residual must be >= 0"),
+                                             ({"shrink": -0.3}, r"must be >= 0 and labels.sharpness > 0, got 200, -0.3, 0.1 and 2.0"),
+                                             ({"sharpness": 0}, "labels.sharpness > 0, got 200, 0.3, 0.1 and 0"),
+                                             ({"residual": -0.1}, "got 200, 0.3, -0.1 and 2.0")])
 def test_bad_settings_are_refused(settings, match):
     with pytest.raises(DeepleakError, match=match):
         Adaptive(**settings)
