@@ -8,8 +8,9 @@ import pytest
 
 
 def confident_row(counts_less_mass):
-    """K = 16 over 10 classes, classes 0-3 once and 4-9 twice; a confident victim (c = 0.9:
-    zeroshot_plus's weight 1 / (1 + 6^4) < 0.001) whose zeroshot_plus counts are flat."""
+    """K = 16 over 10 classes, classes 0-3 once and 4-9 twice; a confident victim (c = 0.9, and
+    the counts-less-mass below misses m = 10 / 32 of the labels: zeroshot_plus's weight
+    1 / (1 + (0.9 / (0.15 m))^4) < 1e-5) whose zeroshot_plus counts are flat."""
     labels = [0, 1, 2, 3] + [c for c in range(4, 10) for _ in range(2)]
     return {"checkpoint": "crafted", "k": 16, "classes": 10, "confidence": 0.9,
             "zeroshot_plus": [1.6] * 10, "counts_less_mass": counts_less_mass, "labels": labels}
@@ -40,3 +41,10 @@ def test_it_ranks_settings_and_reuses_its_cache(adaptive_fit, tmp_path, capsys, 
     monkeypatch.setattr(adaptive_fit, "inputs", lambda *a: pytest.fail("the cache was not used"))
     adaptive_fit.main(argv)
     assert capsys.readouterr().out == first
+    other = tmp_path / "other.json"  # several caches are scored together: the same rows twice
+    other.write_text(cache.read_text())
+    adaptive_fit.main(argv + ["--cache", str(other)])
+    assert capsys.readouterr().out.replace("4 trials", "2 trials") == first
+    with pytest.raises(SystemExit):  # several caches are only read: a missing one is refused
+        adaptive_fit.main(argv + ["--cache", str(tmp_path / "missing.json")])
+    assert "missing.json does not exist" in capsys.readouterr().err
