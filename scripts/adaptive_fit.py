@@ -8,8 +8,9 @@ Each trial's inputs are computed once, on the attack task's client (the same see
 model and scenario as `deepleak attack attack=none distribution=random batch_size=K seed=S
 trials=T model.checkpoint=PATH`; `dlg` is an untrained DLG init): the victim's
 class-embedding confidence c, zeroshot_plus's counts, the bias gradient's counts-less-mass
--K db (which gives the missed label mass m) and the true counts. Every setting of the grid is then scored with Adaptive's own
-weight and blend (deepleak/labels/adaptive.py), on the same inputs: the mean label accuracy
+-K db (which gives the missed label mass m) and the true counts. Every setting of the grid
+is then scored with Adaptive's own weight and blend (deepleak/labels/adaptive.py), on the
+same inputs: the mean label accuracy
 less the label floor per cell (checkpoint, K), then its mean and minimum over the cells.
 It prints the best settings by mean gain and the per-cell table of the best one and of
 ``--show``'s. ``--cache`` keeps the inputs (JSON) so that another grid costs no attack;
@@ -43,11 +44,11 @@ def inputs(checkpoints: list[str], ks: list[int], seed: int, trials: int, overri
     for checkpoint in checkpoints:
         for k in ks:
             victim = [] if checkpoint == "dlg" else [f"model.checkpoint={checkpoint}"]
-            name = " ".join([checkpoint, *overrides])
+            victim_name = " ".join([checkpoint, *overrides])
             cfg = compose("attack=none", "distribution=random", f"batch_size={k}", f"seed={seed}", *victim, *overrides)
             dataset, distribution, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))
             for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
-                rows.append({"checkpoint": name, "k": k, "classes": dataset.num_classes,
+                rows.append({"checkpoint": victim_name, "k": k, "classes": dataset.num_classes,
                              "confidence": Adaptive.confidence(observation),
                              "zeroshot_plus": zeroshot_plus.counts(observation).double().tolist(),
                              "counts_less_mass": Adaptive.counts_less_mass(observation).tolist(),

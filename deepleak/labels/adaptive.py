@@ -26,8 +26,8 @@ It routes each observation to the method that holds there, on what the server se
    victim is confident and misses little (c / m large), an untrained one is neither. c alone
    misreads single batches of a trained victim (3% of trained tuning trials read c < 0.2 and
    kept zeroshot_plus's counts, 0.3-0.5 right at K = 64); m alone cannot tell a trained victim
-   from an untrained one with near-uniform outputs (an untrained MLP misses only m = 0.15-0.18
-   of a random batch at K = 64, as sampling noise; there c is 0 and zeroshot_plus is exact).
+   from an untrained one with near-uniform outputs (an untrained MLP misses only m = 0.08-0.25
+   of a random batch at K = 64, its sampling noise; there c is 0 and zeroshot_plus is exact).
    A confident model's residuals p_i - y_i carry almost no count information and zero-shot's
    dummy softmax does not stand in for the batch's, so there the answer tends to the blind flat
    guess, the best answer without information (its accuracy is the label floor); an untrained
@@ -68,8 +68,9 @@ class Adaptive:
     """Route each observation to feature_fit(_search) or zeroshot_plus shrunk towards the flat
     guess (module docstring). ``search``: the search's cap on scored candidates (0: never
     search); ``shrink``: the ratio of the victim's confidence to the label mass it misses at
-    which zeroshot_plus's counts keep half their weight (0: never shrink); ``agree``: skip the search where zeroshot_plus agrees (false: always
-    search, slower); ``seed`` seeds both methods."""
+    which zeroshot_plus's counts keep half their weight (0: never shrink); ``agree``: skip the
+    search where zeroshot_plus agrees (false: always search, slower); ``seed`` seeds both
+    methods."""
 
     name = "adaptive"
 
