@@ -10,8 +10,8 @@ trials=T model.checkpoint=PATH`; `dlg` is an untrained DLG init): the victim's
 class-embedding confidence c, zeroshot_plus's counts, the bias gradient's counts-less-mass
 -K db (which gives the missed label mass m) and the true counts. Every setting of the grid
 is then scored with Adaptive's own weight and blend (deepleak/labels/adaptive.py), on the
-same inputs: the mean label accuracy
-less the label floor per cell (checkpoint, K), then its mean and minimum over the cells.
+same inputs: the mean label accuracy less the label floor per cell (checkpoint, K), then its
+mean and minimum over the cells.
 It prints the best settings by mean gain and the per-cell table of the best one and of
 ``--show``'s. ``--cache`` keeps the inputs (JSON) so that another grid costs no attack;
 given several times, existing caches (victims of other ``--set`` overrides, say) are scored
