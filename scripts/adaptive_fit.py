@@ -6,14 +6,16 @@ labels.residual) on tuning victims, or score given settings on held-out ones.
 
 Each trial's inputs are computed once, on the attack task's client (the same seeds, data,
 model and scenario as `deepleak attack attack=none distribution=random batch_size=K seed=S
-trials=T model.checkpoint=PATH`; `dlg` is an untrained DLG init): the victim's
+trials=T model.checkpoint=PATH`, another distribution with `--set distribution=...`; `dlg` is
+an untrained DLG init): the victim's
 class-embedding confidence c, zeroshot_plus's counts, the bias gradient's counts-less-mass
 -K db (which gives the missed label mass m) and the true counts. Every setting of the grid
 is then scored with Adaptive's own weight and blend (deepleak/labels/adaptive.py), on the
 same inputs: the mean label accuracy less the label floor per cell (checkpoint, K), then its
 mean and minimum over the cells.
-It prints the best settings by mean gain and the per-cell table of the best one and of
-``--show``'s. ``--cache`` keeps the inputs (JSON) so that another grid costs no attack;
+It prints the best settings by mean gain, then for the best one and ``--show``'s the
+per-cell table and each group's mean and worst cell (a group: the ``--set`` overrides and the
+checkpoint's stage, untrained to epoch 2, mid 3-5, trained from 10). ``--cache`` keeps the inputs (JSON) so that another grid costs no attack;
 given several times, existing caches (victims of other ``--set`` overrides, say) are scored
 together. A victim is named by its checkpoint and its ``--set`` overrides.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,7 +48,8 @@ def inputs(checkpoints: list[str], ks: list[int], seed: int, trials: int, overri
         for k in ks:
             victim = [] if checkpoint == "dlg" else [f"model.checkpoint={checkpoint}"]
             victim_name = " ".join([checkpoint, *overrides])
-            cfg = compose("attack=none", "distribution=random", f"batch_size={k}", f"seed={seed}", *victim, *overrides)
+            default = [] if any(o.startswith("distribution=") for o in overrides) else ["distribution=random"]
+            cfg = compose("attack=none", *default, f"batch_size={k}", f"seed={seed}", *victim, *overrides)
             dataset, distribution, scenario = (make(cfg[name]) for name in ("dataset", "distribution", "scenario"))
             for observation, labels, _ in trial_observations(cfg, dataset, distribution, scenario, trials, seed):
                 rows.append({"checkpoint": victim_name, "k": k, "classes": dataset.num_classes,
@@ -56,9 +60,10 @@ def inputs(checkpoints: list[str], ks: list[int], seed: int, trials: int, overri
     return rows
 
 
-def gains(rows: list[dict], shrink: float, sharpness: float, residual: float) -> dict[tuple[str, int], float]:
+def gains(rows: list[dict], shrink: float, sharpness: float, mass_power: float,
+          residual: float) -> dict[tuple[str, int], float]:
     """Mean label accuracy less the label floor, per (checkpoint, K)."""
-    method, cells = Adaptive(shrink=shrink, sharpness=sharpness, residual=residual), {}
+    method, cells = Adaptive(shrink=shrink, sharpness=sharpness, mass_power=mass_power, residual=residual), {}
     for row in rows:
         k, classes = row["k"], row["classes"]
         counts_less_mass = torch.tensor(row["counts_less_mass"])
@@ -70,9 +75,18 @@ def gains(rows: list[dict], shrink: float, sharpness: float, residual: float) ->
     return {cell: float(np.mean(values)) for cell, values in cells.items()}
 
 
-def setting(text: str) -> tuple[float, float, float]:
-    shrink, sharpness, residual = (float(x) for x in text.split(":"))
-    return shrink, sharpness, residual
+def setting(text: str) -> tuple[float, float, float, float]:
+    shrink, sharpness, mass_power, residual = (float(x) for x in text.split(":"))
+    return shrink, sharpness, mass_power, residual
+
+
+def group(victim: str) -> str:
+    """A cell's group: its ``--set`` overrides and the stage of a `deepleak train` checkpoint
+    (epoch_N.pt: untrained N <= 2 or an untrained init, mid 3-5, trained from 10)."""
+    checkpoint, *overrides = victim.split(" ")
+    epoch = re.search(r"epoch_(\d+)\.pt$", checkpoint)
+    stage = "untrained" if epoch is None or int(epoch[1]) <= 2 else "mid" if int(epoch[1]) <= 5 else "trained"
+    return " ".join([stage, *overrides])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,10 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], help="a config override (e.g. --set=model=resnet18)")
-    parser.add_argument("--shrink", default="0.2,0.25,0.3,0.35,0.4,0.5,0.6")
-    parser.add_argument("--sharpness", default="1,1.5,2,3,4")
+    parser.add_argument("--shrink", default="0.16,0.18,0.2,0.22,0.25")
+    parser.add_argument("--sharpness", default="3,4,5")
+    parser.add_argument("--mass-power", default="0,0.125,0.25,0.375,1")
     parser.add_argument("--residual", default="0,0.1,0.2")
-    parser.add_argument("--show", default="", help="settings shrink:sharpness:residual to print per cell")
+    parser.add_argument("--show", default="", help="settings shrink:sharpness:mass_power:residual to print per cell")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--cache", type=Path, action="append", default=[],
                         help="JSON of the inputs: read if it exists, else written; several: all read")
@@ -100,25 +115,33 @@ def main(argv: list[str] | None = None) -> None:
         rows = inputs(args.checkpoints.split(","), [int(k) for k in args.ks.split(",")], args.seed, args.trials, args.set)
         if args.cache:
             args.cache[0].write_text(json.dumps(rows))
-    grid = list(itertools.product(*([float(x) for x in values.split(",")] for values in (args.shrink, args.sharpness, args.residual))))
+    grid = list(itertools.product(*([float(x) for x in values.split(",")]
+                                    for values in (args.shrink, args.sharpness, args.mass_power, args.residual))))
     scored = {cfg: gains(rows, *cfg) for cfg in grid}
     ranked = sorted(scored, key=lambda cfg: -np.mean(list(scored[cfg].values())))
     print(f"{len(rows)} trials, {len(next(iter(scored.values())))} cells; gain = label accuracy - label floor\n")
-    print("| shrink | sharpness | residual | mean gain | min gain |\n|--:|--:|--:|--:|--:|")
+    print("| shrink | sharpness | mass_power | residual | mean gain | min gain |\n|--:|--:|--:|--:|--:|--:|")
     for cfg in ranked[:args.top]:
         values = list(scored[cfg].values())
-        print("| %g | %g | %g | %+.4f | %+.4f |" % (*cfg, np.mean(values), np.min(values)))
+        print("| %g | %g | %g | %g | %+.4f | %+.4f |" % (*cfg, np.mean(values), np.min(values)))
     shown = [ranked[0]] + [setting(text) for text in args.show.split(",") if text]
     for cfg in shown:
         scored.setdefault(cfg, gains(rows, *cfg))
     confidence = {}
     for row in rows:
         confidence.setdefault((row["checkpoint"], row["k"]), []).append(row["confidence"])
-    print("\n| checkpoint | K | mean c | " + " | ".join("%g:%g:%g" % cfg for cfg in shown) + " |")
-    print("|---|--:|--:|" + "--:|" * len(shown))
+    names = " | ".join("%g:%g:%g:%g" % cfg for cfg in shown)
+    print(f"\n| checkpoint | K | mean c | {names} |\n|---|--:|--:|" + "--:|" * len(shown))
     for cell in scored[shown[0]]:
         print(f"| {cell[0]} | {cell[1]} | {np.mean(confidence[cell]):.2f} | "
               + " | ".join("%+.3f" % scored[cfg][cell] for cfg in shown) + " |")
+    print(f"\n| group (cells) | {names} |\n|---|" + "--:|" * len(shown))  # mean / worst cell
+    groups = sorted({group(cell[0]) for cell in scored[shown[0]]})
+    for name in groups:
+        cells = [cell for cell in scored[shown[0]] if group(cell[0]) == name]
+        print(f"| {name} ({len(cells)}) | " + " | ".join(
+            "%+.4f / %+.3f" % (np.mean([scored[cfg][c] for c in cells]), min(scored[cfg][c] for c in cells))
+            for cfg in shown) + " |")
 
 
 if __name__ == "__main__":

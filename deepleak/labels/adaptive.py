@@ -22,12 +22,14 @@ It routes each observation to the method that holds there, on what the server se
    0 untrained, 1 certain) and the share m of the batch's label mass its softmax misses (the
    bias gradient's exact identity n - s = -K db: m = |n - s|_1 / 2K, 0 when the softmax sums to
    the labels, the mark of a model that fits the batch). zeroshot_plus keeps the weight
-   w = 1 / (1 + (|c| / (``shrink`` m))^``sharpness``) (:meth:`Adaptive.weight`): a trained
-   victim is confident and misses little (c / m large), an untrained one is neither. c alone
-   misreads single batches of a trained victim (3% of trained tuning trials read c < 0.2 and
-   kept zeroshot_plus's counts, 0.3-0.5 right at K = 64); m alone cannot tell a trained victim
-   from an untrained one with near-uniform outputs (an untrained MLP misses only m = 0.08-0.25
-   of a random batch at K = 64, its sampling noise; there c is 0 and zeroshot_plus is exact).
+   w = 1 / (1 + (|c| / (``shrink`` m^``mass_power``))^``sharpness``) (:meth:`Adaptive.weight`):
+   the confidence that counts as trained falls as the victim misses less. c alone misreads
+   single batches of a trained victim (3% of trained tuning trials read c < 0.2 and kept
+   zeroshot_plus's counts, 0.3-0.5 right at K = 64); m weighs only weakly (a fourth root)
+   because a small m is not enough: an untrained MLP misses only m = 0.08-0.25 of a random
+   batch at K = 64, its sampling noise (c 0, zeroshot_plus exact), and a trained victim's
+   one-class batch misses 0.01-0.07 while its absent classes' embeddings read c near 0, where
+   zeroshot_plus is right (0.98) and the flat guess is not (0.11).
    A confident model's residuals p_i - y_i carry almost no count information and zero-shot's
    dummy softmax does not stand in for the batch's, so there the answer tends to the blind flat
    guess, the best answer without information (its accuracy is the label floor); an untrained
@@ -35,8 +37,8 @@ It routes each observation to the method that holds there, on what the server se
    carries ``residual`` times n - s (the batch's label counts less its softmax mass): small
    against a count, it settles which classes get the flat guess's remaining units, the
    under-predicted ones (a class with more samples leaves more residual on its own logit).
-   The form is a shrinkage estimator's; ``shrink`` = 0.3, ``sharpness`` = 2 and ``residual``
-   = 0.1 were chosen on tuning victims with scripts/adaptive_fit.py (docs/labels.md, settings
+   The form is a shrinkage estimator's; ``shrink`` = 0.2, ``sharpness`` = 4, ``mass_power`` =
+   0.25 and ``residual`` = 0.1 were chosen on tuning victims with scripts/adaptive_fit.py (docs/labels.md, settings
    tuned on data). Without a bias c cannot be computed and the counts are zeroshot_plus's.
 
 Every answer names its route (``label_route`` in metrics.json): ``feature_fit_agreed``,
@@ -67,21 +69,23 @@ ROUTES = ("feature_fit_agreed", "feature_fit_search", "feature_fit", "zeroshot_p
 class Adaptive:
     """Route each observation to feature_fit(_search) or zeroshot_plus shrunk towards the flat
     guess (module docstring). ``search``: the search's cap on scored candidates (0: never
-    search); ``shrink``: the ratio of the victim's confidence to the label mass it misses at
-    which zeroshot_plus's counts keep half their weight (0: never shrink); ``agree``: skip the
-    search where zeroshot_plus agrees (false: always search, slower); ``seed`` seeds both
-    methods."""
+    search); ``shrink``: the victim's confidence at which zeroshot_plus's counts keep half their
+    weight where it misses every label, scaled by m^``mass_power`` (0: never shrink);
+    ``agree``: skip the search where zeroshot_plus agrees (false: always search, slower);
+    ``seed`` seeds both methods."""
 
     name = "adaptive"
 
-    def __init__(self, search: int = 200, shrink: float = 0.3, sharpness: float = 2.0, residual: float = 0.1,
-                 agree: bool = True, seed: int = 0) -> None:
-        if search < 0 or shrink < 0 or residual < 0 or sharpness <= 0:
-            raise DeepleakError(f"labels.search, labels.shrink and labels.residual must be >= 0 and "
-                                f"labels.sharpness > 0, got {search}, {shrink}, {residual} and {sharpness}")
+    def __init__(self, search: int = 200, shrink: float = 0.2, sharpness: float = 4.0, mass_power: float = 0.25,
+                 residual: float = 0.1, agree: bool = True, seed: int = 0) -> None:
+        if min(search, shrink, mass_power, residual) < 0 or sharpness <= 0:
+            raise DeepleakError(f"labels.search, labels.shrink, labels.mass_power and labels.residual must be >= 0 "
+                                f"and labels.sharpness > 0, got {search}, {shrink}, {mass_power}, {residual} and "
+                                f"{sharpness}")
         self.search = search
         self.shrink = shrink
         self.sharpness = sharpness
+        self.mass_power = mass_power
         self.residual = residual
         self.agree = agree
         self.fit = FeatureFit(seed=seed, search=search)
@@ -141,17 +145,18 @@ class Adaptive:
         return float(counts_less_mass.abs().sum()) / (2 * k)
 
     def weight(self, confidence: float | None, missed: float | None) -> float:
-        """zeroshot_plus's weight against the flat guess: 1 / (1 + (|c| / (shrink m))^sharpness),
-        with c the class-embedding confidence and m the missed label mass (:meth:`missed_mass`);
-        1 without a confidence or with ``shrink`` 0; 0 where a confident victim misses nothing.
-        Symmetric in c: below chance (down to -1 / (classes - 1), every embedding's softmax
-        elsewhere) is a saturated model whose bias gradient is so small that the embeddings mean
-        nothing, as far from untrained as a confident one."""
+        """zeroshot_plus's weight against the flat guess, 1 / (1 + (|c| / (shrink
+        m^mass_power))^sharpness), with c the class-embedding confidence and m the missed label mass (:meth:`missed_mass`);
+        1 without a confidence or with ``shrink`` 0; 0 where a confident victim misses nothing
+        (mass_power > 0). Symmetric in c: below chance (down to -1 / (classes - 1), every
+        embedding's softmax elsewhere) is a saturated model whose bias gradient is so small that
+        the embeddings mean nothing, as far from untrained as a confident one."""
         if confidence is None or confidence == 0 or self.shrink == 0:
             return 1.0
-        if not missed:
+        threshold = self.shrink * (missed or 0.0) ** self.mass_power
+        if threshold == 0:
             return 0.0
-        return 1.0 / (1.0 + (abs(confidence) / (self.shrink * missed)) ** self.sharpness)
+        return 1.0 / (1.0 + (abs(confidence) / threshold) ** self.sharpness)
 
     @staticmethod
     def one_exact_gradient(observation: Observation) -> bool:
