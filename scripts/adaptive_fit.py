@@ -1,15 +1,16 @@
 """Choose `labels=adaptive`'s settings at K >= classes (labels.shrink, labels.sharpness,
-labels.residual) on tuning victims, or score given settings on held-out ones.
+labels.mass_power, labels.present_share, labels.residual) on tuning victims, or score given settings on held-out ones.
 
     OMP_NUM_THREADS=1 python scripts/adaptive_fit.py --checkpoints dlg,PATH_EPOCH_0,PATH_EPOCH_1,... \
-        [--ks 16,32,64] [--seed 0] [--trials 20] [--set model=mlp] [--cache inputs.json] [--show 0.3:2:0.1]
+        [--ks 16,32,64] [--seed 0] [--trials 20] [--set model=mlp] [--cache inputs.json] [--show 0.3:2:1:0.5:0.1]
 
 Each trial's inputs are computed once, on the attack task's client (the same seeds, data,
 model and scenario as `deepleak attack attack=none distribution=random batch_size=K seed=S
 trials=T model.checkpoint=PATH`, another distribution with `--set distribution=...`; `dlg` is
 an untrained DLG init): the victim's
 class-embedding confidence c, zeroshot_plus's counts, the bias gradient's counts-less-mass
--K db (which gives the missed label mass m) and the true counts. Every setting of the grid
+-K db (which gives the missed label mass m), the classes the weight gradient shows present and
+the true counts. Every setting of the grid
 is then scored with Adaptive's own weight and blend (deepleak/labels/adaptive.py), on the
 same inputs: the mean label accuracy less the label floor per cell (checkpoint, K), then its
 mean and minimum over the cells.
@@ -56,28 +57,35 @@ def inputs(checkpoints: list[str], ks: list[int], seed: int, trials: int, overri
                              "confidence": Adaptive.confidence(observation),
                              "zeroshot_plus": zeroshot_plus.counts(observation).double().tolist(),
                              "counts_less_mass": Adaptive.counts_less_mass(observation).tolist(),
+                             "present": Adaptive.present_classes(observation).tolist(),
                              "labels": labels.tolist()})
     return rows
 
 
-def gains(rows: list[dict], shrink: float, sharpness: float, mass_power: float,
+def gains(rows: list[dict], shrink: float, sharpness: float, mass_power: float, present_share: float,
           residual: float) -> dict[tuple[str, int], float]:
     """Mean label accuracy less the label floor, per (checkpoint, K)."""
-    method, cells = Adaptive(shrink=shrink, sharpness=sharpness, mass_power=mass_power, residual=residual), {}
+    method = Adaptive(shrink=shrink, sharpness=sharpness, mass_power=mass_power, present_share=present_share,
+                      residual=residual)
+    cells = {}
     for row in rows:
         k, classes = row["k"], row["classes"]
         counts_less_mass = torch.tensor(row["counts_less_mass"])
         weight = method.weight(row["confidence"], method.missed_mass(counts_less_mass, k))
-        counts = method.blend(torch.tensor(row["zeroshot_plus"]), counts_less_mass, weight, k)
+        support = method.flat_support(torch.tensor(row["present"]))
+        counts = method.blend(torch.tensor(row["zeroshot_plus"]), counts_less_mass, weight, k, support)
         restored = counts_to_labels(counts.numpy(), k, method.zeroshot_plus.rounding)
         gain = label_accuracy(restored, row["labels"], classes) - label_floor(row["labels"], classes)
         cells.setdefault((row["checkpoint"], k), []).append(gain)
     return {cell: float(np.mean(values)) for cell, values in cells.items()}
 
 
-def setting(text: str) -> tuple[float, float, float, float]:
-    shrink, sharpness, mass_power, residual = (float(x) for x in text.split(":"))
-    return shrink, sharpness, mass_power, residual
+def setting(text: str) -> tuple[float, ...]:
+    """shrink:sharpness:mass_power:present_share:residual."""
+    values = tuple(float(x) for x in text.split(":"))
+    if len(values) != 5:
+        raise SystemExit(f"a setting is shrink:sharpness:mass_power:present_share:residual, got {text}")
+    return values
 
 
 def group(victim: str) -> str:
@@ -96,11 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], help="a config override (e.g. --set=model=resnet18)")
-    parser.add_argument("--shrink", default="0.16,0.18,0.2,0.22,0.25")
-    parser.add_argument("--sharpness", default="3,4,5")
-    parser.add_argument("--mass-power", default="0,0.125,0.25,0.375,1")
+    parser.add_argument("--shrink", default="0.15,0.2,0.3,0.4")
+    parser.add_argument("--sharpness", default="2,4")
+    parser.add_argument("--mass-power", default="0,0.25,0.5,1")
+    parser.add_argument("--present-share", default="0,0.3,0.5,0.7,1")
     parser.add_argument("--residual", default="0,0.1,0.2")
-    parser.add_argument("--show", default="", help="settings shrink:sharpness:mass_power:residual to print per cell")
+    parser.add_argument("--show", default="", help="settings shrink:sharpness:mass_power:present_share:residual to print per cell")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--cache", type=Path, action="append", default=[],
                         help="JSON of the inputs: read if it exists, else written; several: all read")
@@ -116,21 +125,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.cache:
             args.cache[0].write_text(json.dumps(rows))
     grid = list(itertools.product(*([float(x) for x in values.split(",")]
-                                    for values in (args.shrink, args.sharpness, args.mass_power, args.residual))))
+                                    for values in (args.shrink, args.sharpness, args.mass_power, args.present_share,
+                                                   args.residual))))
     scored = {cfg: gains(rows, *cfg) for cfg in grid}
     ranked = sorted(scored, key=lambda cfg: -np.mean(list(scored[cfg].values())))
     print(f"{len(rows)} trials, {len(next(iter(scored.values())))} cells; gain = label accuracy - label floor\n")
-    print("| shrink | sharpness | mass_power | residual | mean gain | min gain |\n|--:|--:|--:|--:|--:|--:|")
+    print("| shrink | sharpness | mass_power | present_share | residual | mean gain | min gain |\n"
+          "|--:|--:|--:|--:|--:|--:|--:|")
     for cfg in ranked[:args.top]:
         values = list(scored[cfg].values())
-        print("| %g | %g | %g | %g | %+.4f | %+.4f |" % (*cfg, np.mean(values), np.min(values)))
+        print("| %g | %g | %g | %g | %g | %+.4f | %+.4f |" % (*cfg, np.mean(values), np.min(values)))
     shown = [ranked[0]] + [setting(text) for text in args.show.split(",") if text]
     for cfg in shown:
         scored.setdefault(cfg, gains(rows, *cfg))
     confidence = {}
     for row in rows:
         confidence.setdefault((row["checkpoint"], row["k"]), []).append(row["confidence"])
-    names = " | ".join("%g:%g:%g:%g" % cfg for cfg in shown)
+    names = " | ".join(":".join("%g" % x for x in cfg) for cfg in shown)
     print(f"\n| checkpoint | K | mean c | {names} |\n|---|--:|--:|" + "--:|" * len(shown))
     for cell in scored[shown[0]]:
         print(f"| {cell[0]} | {cell[1]} | {np.mean(confidence[cell]):.2f} | "

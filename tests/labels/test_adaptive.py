@@ -52,17 +52,31 @@ def test_a_search_round_larger_than_its_cap_keeps_the_restarts():
     assert route == "feature_fit" and labels_of(restored) == labels_of(FeatureFit().restore(observation)) == labels
 
 
-def test_zeroshot_plus_weight_falls_with_confidence_and_with_less_missed_mass():
-    """w = 1 / (1 + (|c| / (0.2 m^0.25))^4): half at c = 0.2 where every label is missed, at
-    c = 0.1 where m = 1/16; a confident victim that misses nothing keeps none, an unconfident
-    one keeps all whatever it misses (an untrained victim with near-uniform outputs)."""
-    method = Adaptive()  # shrink 0.2, sharpness 4, mass_power 0.25
-    assert [method.weight(c, 1.0) for c in (None, 0.0, 0.2, -0.2, 0.4)] == [1.0, 1.0, 0.5, 0.5, 1 / 17]
-    assert [method.weight(c, 1 / 16) for c in (0.1, 0.2)] == [0.5, 1 / 17]
-    assert method.weight(0.0, 0.02) == 1.0 and method.weight(0.3, 0.0) == 0.0 and method.weight(None, None) == 1.0
-    assert Adaptive(mass_power=0).weight(0.2, 0.0) == 0.5  # c alone, the weight before 2026-12-07
-    assert Adaptive(sharpness=2).weight(0.4, 1.0) == 0.2
+def test_zeroshot_plus_weight_falls_with_confidence_over_missed_mass():
+    """w = 1 / (1 + (|c| / (0.3 m))^2): half at c = 0.3 m; a victim that is confident and misses
+    little of the batch (c = 0.12, m = 0.02, a trained victim's batch that reads a low confidence)
+    keeps almost none; an unconfident one with the same small m (an untrained victim with
+    near-uniform outputs) keeps it all."""
+    method = Adaptive()  # shrink 0.3, sharpness 2, mass_power 1
+    assert [method.weight(c, 0.5) for c in (None, 0.0, 0.15, -0.15, 0.3)] == [1.0, 1.0, 0.5, 0.5, 0.2]
+    assert method.weight(0.12, 0.02) == pytest.approx(1 / 401) and method.weight(0.0, 0.02) == 1.0
+    assert method.weight(0.3, 0.0) == 0.0 and method.weight(None, None) == 1.0
+    assert Adaptive(mass_power=0).weight(0.3, 0.0) == 0.5  # c alone: half at c = shrink
+    assert Adaptive(sharpness=4).weight(0.3, 0.5) == 1 / 17
     assert Adaptive(shrink=0).weight(0.9, 0.01) == 1.0
+
+
+def test_classes_with_a_negative_weight_gradient_row_are_present():
+    """Untrained DLG LeNet-12 (sigmoid features > 0), closed-form gradient of [0, 3, 3, 9]: a class
+    without samples has a non-negative row, so exactly 0, 3 and 9 read present; the flat guess
+    keeps to them only where they are at most half of the classes."""
+    model = build_model(LENET_CFG, 10, (3, 32, 32), seed=3)
+    torch.manual_seed(0)
+    present = Adaptive.present_classes(closed_form_observation(model, [0, 3, 3, 9], 10))
+    assert present.tolist() == [c in (0, 3, 9) for c in range(10)]
+    assert Adaptive().flat_support(present) is present
+    assert Adaptive(present_share=0.2).flat_support(present) is None and Adaptive(present_share=0).flat_support(present) is None
+    assert Adaptive().flat_support(torch.tensor([True] * 6 + [False] * 4)) is None
 
 
 def test_missed_mass_is_the_share_of_labels_the_softmax_puts_elsewhere():
@@ -75,7 +89,8 @@ def test_a_confident_victim_at_least_as_large_as_the_classes_is_shrunk_to_the_fl
     """K = 16 over 10 classes on the crafted confident head (softmax >= 0.92 on every sample):
     feature_fit cannot separate the features; the class-embedding confidence is 0.567 and the
     softmax misses 0.018 of the labels, so zeroshot_plus's counts (12 of 16 right) keep a weight
-    of 3e-4 and the answer has the flat guess's shape, one label of each class and two of six,
+    of 1e-4 and the answer has the flat guess's shape (7 classes read present, more than half:
+    the plain flat guess), one label of each class and two of six,
     13 of 16 right as the flat guess's own order; without the shrinkage it is zeroshot_plus's."""
     labels = [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 7, 8, 9, 9, 9]
     observation, softmax = confident_head(labels, norm=1.0, seed=1)
@@ -83,13 +98,28 @@ def test_a_confident_victim_at_least_as_large_as_the_classes_is_shrunk_to_the_fl
     method = Adaptive()
     missed = Adaptive.missed_mass(Adaptive.counts_less_mass(observation), 16)
     assert missed == pytest.approx(0.018, abs=0.001)
-    assert method.weight(Adaptive.confidence(observation), missed) == pytest.approx(2.8e-4, rel=0.02)
+    assert method.weight(Adaptive.confidence(observation), missed) == pytest.approx(9.3e-5, rel=0.01)
     restored, route = method.restore_routed(observation)
     assert route == "zeroshot_plus_shrunk" and labels_of(restored) == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 8, 9, 9]
     assert label_accuracy(restored, labels, 10) == label_accuracy(flat_guess(16, 10), labels, 10) == 13 / 16
     plain = ZeroShotPlus().restore(observation)
     assert label_accuracy(plain, labels, 10) == 12 / 16
     assert labels_of(Adaptive(shrink=0).restore(observation)) == labels_of(plain)
+
+
+def test_a_confident_victim_s_two_class_batch_keeps_to_the_classes_shown_present():
+    """K = 16, eight samples each of classes 2 and 7, on the crafted confident head: c = 0.12 and
+    m = 0.02 leave zeroshot_plus (4 of 16 right) a weight of 0.0025; the weight gradient shows
+    exactly 2 and 7 present, 2 of 10 classes, so the flat guess is 8 and 8: every label right,
+    where the flat guess over every class (its units placed by the counts-less-mass) gets 4."""
+    labels = [2] * 8 + [7] * 8
+    observation, softmax = confident_head(labels, norm=1.0, seed=1)
+    assert float(softmax.max(1).values.min()) > 0.9
+    assert Adaptive.present_classes(observation).tolist() == [c in (2, 7) for c in range(10)]
+    restored, route = Adaptive().restore_routed(observation)
+    assert route == "zeroshot_plus_shrunk" and labels_of(restored) == labels
+    assert label_accuracy(ZeroShotPlus().restore(observation), labels, 10) == 4 / 16
+    assert label_accuracy(Adaptive(present_share=0).restore(observation), labels, 10) == 4 / 16
 
 
 def test_an_untrained_victim_with_near_uniform_outputs_keeps_zeroshot_plus():
@@ -150,10 +180,11 @@ def test_a_declared_defence_or_a_fedavg_update_gets_zeroshot_plus():
 
 @pytest.mark.parametrize("settings, match", [
     ({"search": -1}, "labels.search, labels.shrink, labels.mass_power and labels.residual must be >= 0"),
-    ({"shrink": -0.3}, r"must be >= 0 and labels.sharpness > 0, got 200, -0.3, 0.25, 0.1 and 4.0"),
-    ({"mass_power": -1}, "got 200, 0.2, -1, 0.1 and 4.0"),
-    ({"sharpness": 0}, "labels.sharpness > 0, got 200, 0.2, 0.25, 0.1 and 0"),
-    ({"residual": -0.1}, "got 200, 0.2, 0.25, -0.1 and 4.0")])
+    ({"shrink": -0.3}, r"labels.present_share in \[0, 1\], got 200, -0.3, 1.0, 0.1, 2.0 and 0.5"),
+    ({"mass_power": -1}, "got 200, 0.3, -1, 0.1, 2.0 and 0.5"),
+    ({"sharpness": 0}, "labels.sharpness > 0 .*, got 200, 0.3, 1.0, 0.1, 0 and 0.5"),
+    ({"present_share": 1.5}, "got 200, 0.3, 1.0, 0.1, 2.0 and 1.5"),
+    ({"residual": -0.1}, "got 200, 0.3, 1.0, -0.1, 2.0 and 0.5")])
 def test_bad_settings_are_refused(settings, match):
     with pytest.raises(DeepleakError, match=match):
         Adaptive(**settings)

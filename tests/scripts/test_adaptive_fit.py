@@ -12,8 +12,8 @@ def confident_row(counts_less_mass):
     the counts-less-mass below misses m = 10 / 32 of the labels: zeroshot_plus's weight
     1 / (1 + (0.9 / (0.15 m^0.25))^4) < 1e-3) whose zeroshot_plus counts are flat."""
     labels = [0, 1, 2, 3] + [c for c in range(4, 10) for _ in range(2)]
-    return {"checkpoint": "crafted", "k": 16, "classes": 10, "confidence": 0.9,
-            "zeroshot_plus": [1.6] * 10, "counts_less_mass": counts_less_mass, "labels": labels}
+    return {"checkpoint": "crafted", "k": 16, "classes": 10, "confidence": 0.9, "zeroshot_plus": [1.6] * 10,
+            "counts_less_mass": counts_less_mass, "present": [True] * 10, "labels": labels}
 
 
 def test_the_residual_decides_the_flat_guess_s_remaining_units(adaptive_fit):
@@ -22,9 +22,9 @@ def test_the_residual_decides_the_flat_guess_s_remaining_units(adaptive_fit):
     of 0.25 over the floor; without the residual term (or with it pointing the other way) the
     answer is the flat guess's own, gain 0."""
     row = confident_row([-1.0] * 4 + [1.0] * 6)
-    assert adaptive_fit.gains([row], 0.15, 4, 0.25, 0.1) == {("crafted", 16): 0.25}
-    assert adaptive_fit.gains([row], 0.15, 4, 0.25, 0.0) == {("crafted", 16): 0.0}
-    assert adaptive_fit.gains([confident_row([1.0] * 4 + [-1.0] * 6)], 0.15, 4, 0.25, 0.1) == {("crafted", 16): 0.0}
+    assert adaptive_fit.gains([row], 0.15, 4, 0.25, 0.5, 0.1) == {("crafted", 16): 0.25}
+    assert adaptive_fit.gains([row], 0.15, 4, 0.25, 0.5, 0.0) == {("crafted", 16): 0.0}
+    assert adaptive_fit.gains([confident_row([1.0] * 4 + [-1.0] * 6)], 0.15, 4, 0.25, 0.5, 0.1) == {("crafted", 16): 0.0}
 
 
 def test_it_ranks_settings_and_reuses_its_cache(adaptive_fit, tmp_path, capsys, monkeypatch):
@@ -32,10 +32,10 @@ def test_it_ranks_settings_and_reuses_its_cache(adaptive_fit, tmp_path, capsys, 
     both residuals score the same, above the floor; the second run reads the cache, no attack."""
     cache = tmp_path / "inputs.json"
     argv = ["--checkpoints", "dlg", "--ks", "16", "--trials", "2", "--shrink", "0.15", "--sharpness", "4",
-            "--mass-power", "0.25", "--residual", "0,0.1", "--cache", str(cache)]
+            "--mass-power", "0.25", "--present-share", "0.5", "--residual", "0,0.1", "--cache", str(cache)]
     adaptive_fit.main(argv)
     first = capsys.readouterr().out
-    rows = re.findall(r"^\| 0.15 \| 4 \| 0.25 \| (0|0.1) \| ([+-][0-9.]+) \| ([+-][0-9.]+) \|$", first, re.M)
+    rows = re.findall(r"^\| 0.15 \| 4 \| 0.25 \| 0.5 \| (0|0.1) \| ([+-][0-9.]+) \| ([+-][0-9.]+) \|$", first, re.M)
     assert len(rows) == 2 and rows[0][1] == rows[1][1] and float(rows[0][1]) > 0.1
     assert len(json.loads(cache.read_text())) == 2
     monkeypatch.setattr(adaptive_fit, "inputs", lambda *a: pytest.fail("the cache was not used"))
