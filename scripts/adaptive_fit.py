@@ -1,24 +1,25 @@
 """Choose `labels=adaptive`'s settings at K >= classes (labels.shrink, labels.sharpness,
-labels.mass_power, labels.present_share, labels.residual) on tuning victims, or score given settings on held-out ones.
+labels.mass_power, labels.present_share, labels.residual) on tuning victims, or score given
+settings on held-out ones.
 
     OMP_NUM_THREADS=1 python scripts/adaptive_fit.py --checkpoints dlg,PATH_EPOCH_0,PATH_EPOCH_1,... \
-        [--ks 16,32,64] [--seed 0] [--trials 20] [--set model=mlp] [--cache inputs.json] [--show 0.3:2:1:0.5:0.1]
+        [--ks 16,32,64] [--seed 0] [--trials 20] [--set model=mlp] [--cache inputs.json] \
+        [--show 0.3:2:1:0.5:0.1]
 
 Each trial's inputs are computed once, on the attack task's client (the same seeds, data,
 model and scenario as `deepleak attack attack=none distribution=random batch_size=K seed=S
 trials=T model.checkpoint=PATH`, another distribution with `--set distribution=...`; `dlg` is
-an untrained DLG init): the victim's
-class-embedding confidence c, zeroshot_plus's counts, the bias gradient's counts-less-mass
--K db (which gives the missed label mass m), the classes the weight gradient shows present and
-the true counts. Every setting of the grid
-is then scored with Adaptive's own weight and blend (deepleak/labels/adaptive.py), on the
-same inputs: the mean label accuracy less the label floor per cell (checkpoint, K), then its
-mean and minimum over the cells.
-It prints the best settings by mean gain, then for the best one and ``--show``'s the
-per-cell table and each group's mean and worst cell (a group: the ``--set`` overrides and the
-checkpoint's stage, untrained to epoch 2, mid 3-5, trained from 10). ``--cache`` keeps the inputs (JSON) so that another grid costs no attack;
-given several times, existing caches (victims of other ``--set`` overrides, say) are scored
-together. A victim is named by its checkpoint and its ``--set`` overrides.
+an untrained DLG init): the victim's class-embedding confidence c, zeroshot_plus's counts,
+the bias gradient's counts-less-mass -K db (which gives the missed label mass m), the classes
+the weight gradient shows present and the true counts. Every setting of the grid is then
+scored with Adaptive's own weight and blend (deepleak/labels/adaptive.py), on the same
+inputs: the mean label accuracy less the label floor per cell (checkpoint, K), then its mean
+and minimum over the cells. It prints the best settings by mean gain, then for the best one
+and ``--show``'s the per-cell table and each group's mean and worst cell (a group: the
+``--set`` overrides and the checkpoint's stage, untrained to epoch 2, mid 3-5, trained from
+10). ``--cache`` keeps the inputs (JSON) so that another grid costs no attack; given several
+times, existing caches (victims of other ``--set`` overrides, say) are scored together. A
+victim is named by its checkpoint and its ``--set`` overrides.
 """
 
 from __future__ import annotations
@@ -104,12 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], help="a config override (e.g. --set=model=resnet18)")
-    parser.add_argument("--shrink", default="0.15,0.2,0.3,0.4")
+    parser.add_argument("--shrink", default="0.2,0.3,0.4")
     parser.add_argument("--sharpness", default="2,4")
-    parser.add_argument("--mass-power", default="0,0.25,0.5,1")
-    parser.add_argument("--present-share", default="0,0.3,0.5,0.7,1")
-    parser.add_argument("--residual", default="0,0.1,0.2")
-    parser.add_argument("--show", default="", help="settings shrink:sharpness:mass_power:present_share:residual to print per cell")
+    parser.add_argument("--mass-power", default="0,1")
+    parser.add_argument("--present-share", default="0,0.5,1")
+    parser.add_argument("--residual", default="0.1,0.2")
+    parser.add_argument("--show", default="",
+                        help="settings shrink:sharpness:mass_power:present_share:residual to print per cell and group")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--cache", type=Path, action="append", default=[],
                         help="JSON of the inputs: read if it exists, else written; several: all read")

@@ -80,8 +80,7 @@ class Adaptive:
     weight where it misses every label, scaled by m^``mass_power`` (0: never shrink);
     ``present_share``: the share of the classes at or below which the flat guess keeps to the
     classes shown present (0: never); ``agree``: skip the search where zeroshot_plus agrees
-    (false: always search, slower);
-    ``seed`` seeds both methods."""
+    (false: always search, slower); ``seed`` seeds both methods."""
 
     name = "adaptive"
 
@@ -141,7 +140,7 @@ class Adaptive:
         2 runs zeroshot_plus, which refuses others) a class without samples has a row >= 0
         entrywise. A present class can read absent (its samples so confident that the others'
         p_ij h_i outweigh them in every entry: 2-4% of present classes on trained tuning victims,
-        8-15% of a Dirichlet batch's, mostly classes of one or two samples), never the reverse.
+        8-15% of a Dirichlet batch's), never the reverse.
         Every class where no row is negative (a degenerate gradient)."""
         present = (last_layer_gradient(observation)[0].detach() < 0).any(dim=1).cpu()
         return present if bool(present.any()) else torch.ones_like(present)
@@ -177,11 +176,11 @@ class Adaptive:
     def weight(self, confidence: float | None, missed: float | None) -> float:
         """zeroshot_plus's weight against the flat guess, 1 / (1 + (|c| / (shrink
         m^mass_power))^sharpness), with c the class-embedding confidence and m the missed label
-        mass (:meth:`missed_mass`);
-        1 without a confidence or with ``shrink`` 0; 0 where a confident victim misses nothing
-        (mass_power > 0). Symmetric in c: below chance (down to -1 / (classes - 1), every
-        embedding's softmax elsewhere) is a saturated model whose bias gradient is so small that
-        the embeddings mean nothing, as far from untrained as a confident one."""
+        mass (:meth:`missed_mass`); 1 without a confidence or with ``shrink`` 0; 0 where a
+        confident victim misses nothing (mass_power > 0). Symmetric in c: below chance (down to
+        -1 / (classes - 1), every embedding's softmax elsewhere) is a saturated model whose bias
+        gradient is so small that the embeddings mean nothing, as far from untrained as a
+        confident one."""
         if confidence is None or confidence == 0 or self.shrink == 0:
             return 1.0
         threshold = self.shrink * (missed or 0.0) ** self.mass_power

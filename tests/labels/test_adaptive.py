@@ -75,7 +75,8 @@ def test_classes_with_a_negative_weight_gradient_row_are_present():
     present = Adaptive.present_classes(closed_form_observation(model, [0, 3, 3, 9], 10))
     assert present.tolist() == [c in (0, 3, 9) for c in range(10)]
     assert Adaptive().flat_support(present) is present
-    assert Adaptive(present_share=0.2).flat_support(present) is None and Adaptive(present_share=0).flat_support(present) is None
+    assert Adaptive(present_share=0.2).flat_support(present) is None
+    assert Adaptive(present_share=0).flat_support(present) is None
     assert Adaptive().flat_support(torch.tensor([True] * 6 + [False] * 4)) is None
 
 
