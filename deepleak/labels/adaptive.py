@@ -49,8 +49,9 @@ It routes each observation to the method that holds there, on what the server se
    computed and the counts are zeroshot_plus's.
 
 Every answer names its route (``label_route`` in metrics.json): ``feature_fit_agreed``,
-``feature_fit_search``, ``feature_fit``, ``zeroshot_plus`` (weight 1) or
-``zeroshot_plus_shrunk``.
+``feature_fit_search``, ``feature_fit``, ``zeroshot_plus`` (weight 1),
+``zeroshot_plus_shrunk`` or ``zeroshot_plus_shrunk_present`` (the flat guess kept to the
+classes shown present).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ from deepleak.scenarios.base import Observation
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("feature_fit_agreed", "feature_fit_search", "feature_fit", "zeroshot_plus", "zeroshot_plus_shrunk")
+ROUTES = ("feature_fit_agreed", "feature_fit_search", "feature_fit", "zeroshot_plus", "zeroshot_plus_shrunk",
+          "zeroshot_plus_shrunk_present")
 
 
 class Adaptive:
@@ -118,15 +120,15 @@ class Adaptive:
         weight = self.weight(confidence, missed)
         if weight == 1.0:  # no bias, or shrink = 0
             return self.zeroshot_plus.restore(observation), "zeroshot_plus"
-        log.info("labels: zeroshot_plus's counts at weight %.3f against the flat guess (the victim's "
-                 "class-embedding confidence %.3f, label mass missed %.3f)", weight, confidence, missed)
-        return counts_to_labels(self.shrunk_counts(observation, weight).numpy(), k, self.zeroshot_plus.rounding), \
-            "zeroshot_plus_shrunk"
-
-    def shrunk_counts(self, observation: Observation, weight: float) -> torch.Tensor:
-        """:meth:`blend` of zeroshot_plus's counts and the bias gradient's counts-less-mass."""
-        return self.blend(self.zeroshot_plus.counts(observation), self.counts_less_mass(observation), weight,
-                          observation.recipe.num_samples, self.flat_support(self.present_classes(observation)))
+        support = self.flat_support(self.present_classes(observation))
+        log.info("labels: zeroshot_plus's counts at weight %.3f against the flat guess over %s (the victim's "
+                 "class-embedding confidence %.3f, label mass missed %.3f)", weight,
+                 "every class" if support is None else f"the classes shown present ({int(support.sum())} of {n})",
+                 confidence, missed)
+        counts = self.blend(self.zeroshot_plus.counts(observation), self.counts_less_mass(observation), weight, k,
+                            support)
+        route = "zeroshot_plus_shrunk" if support is None else "zeroshot_plus_shrunk_present"
+        return counts_to_labels(counts.numpy(), k, self.zeroshot_plus.rounding), route
 
     def flat_support(self, present: torch.Tensor) -> torch.Tensor | None:
         """The classes the flat guess spreads over: ``present`` where it holds at most

@@ -118,7 +118,7 @@ def test_a_confident_victim_s_two_class_batch_keeps_to_the_classes_shown_present
     assert float(softmax.max(1).values.min()) > 0.9
     assert Adaptive.present_classes(observation).tolist() == [c in (2, 7) for c in range(10)]
     restored, route = Adaptive().restore_routed(observation)
-    assert route == "zeroshot_plus_shrunk" and labels_of(restored) == labels
+    assert route == "zeroshot_plus_shrunk_present" and labels_of(restored) == labels
     assert label_accuracy(ZeroShotPlus().restore(observation), labels, 10) == 4 / 16
     assert label_accuracy(Adaptive(present_share=0).restore(observation), labels, 10) == 4 / 16
 
