@@ -44,7 +44,8 @@ from deepleak.metrics import label_accuracy, label_floor  # noqa: E402
 
 
 def inputs(checkpoints: list[str], ks: list[int], seed: int, trials: int, overrides: list[str]) -> list[dict]:
-    """Per trial: checkpoint, K, c, zeroshot_plus's counts, -K db, the true labels."""
+    """Per trial: the victim's name, K, c, zeroshot_plus's counts, -K db, the classes shown
+    present, the true labels."""
     zeroshot_plus, rows = ZeroShotPlus(), []
     for checkpoint in checkpoints:
         for k in ks:

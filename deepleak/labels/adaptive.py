@@ -116,7 +116,8 @@ class Adaptive:
             counts, route = self.fit.counts_with_route(observation, agree=agreed, search=searches)
             return counts_to_labels(counts.numpy(), k, self.fit.rounding), route
         confidence = self.confidence(observation)
-        missed = None if confidence is None else self.missed_mass(self.counts_less_mass(observation), k)
+        counts_less_mass = None if confidence is None else self.counts_less_mass(observation)
+        missed = None if counts_less_mass is None else self.missed_mass(counts_less_mass, k)
         weight = self.weight(confidence, missed)
         if weight == 1.0:  # no bias, or shrink = 0
             return self.zeroshot_plus.restore(observation), "zeroshot_plus"
@@ -125,8 +126,7 @@ class Adaptive:
                  "class-embedding confidence %.3f, label mass missed %.3f)", weight,
                  "every class" if support is None else f"the classes shown present ({int(support.sum())} of {n})",
                  confidence, missed)
-        counts = self.blend(self.zeroshot_plus.counts(observation), self.counts_less_mass(observation), weight, k,
-                            support)
+        counts = self.blend(self.zeroshot_plus.counts(observation), counts_less_mass, weight, k, support)
         route = "zeroshot_plus_shrunk" if support is None else "zeroshot_plus_shrunk_present"
         return counts_to_labels(counts.numpy(), k, self.zeroshot_plus.rounding), route
 
